@@ -1,0 +1,5 @@
+"""Shared test configuration: fixtures live in tests/fixtures/, one module per real part."""
+
+pytest_plugins = [
+    "tests.fixtures.models",
+]
