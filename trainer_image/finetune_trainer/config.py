@@ -1,0 +1,314 @@
+"""The trainer's own configuration: what a worker needs to train, torch-free.
+
+These models are the `model`, `dataset`, `task`, `hyperparameters` and `checkpoint` sections of a FineTuneJob
+spec (operator/finetune_operator/api.py composes them into the full API), plus the run-specific fields the
+operator or `finetune run` fills in. A pod receives one JSON file of a ``TrainerConfig``.
+
+Field names are snake_case in Python and camelCase in YAML/JSON, as Kubernetes APIs are.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+
+class Section(BaseModel):
+    """Base of every spec section: camelCase aliases, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=True
+    )
+
+
+class TaskType(StrEnum):
+    SINGLE_LABEL = "single_label_classification"
+    MULTI_LABEL = "multi_label_classification"
+    REGRESSION = "regression"
+
+
+class Truncation(StrEnum):
+    HEAD = "head"
+    TAIL = "tail"
+    HEAD_TAIL = "head_tail"
+
+
+class Precision(StrEnum):
+    AUTO = "auto"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+
+class Scheduler(StrEnum):
+    LINEAR = "linear"
+    COSINE = "cosine"
+    CONSTANT = "constant"
+
+
+class DataFormat(StrEnum):
+    AUTO = "auto"
+    CSV = "csv"
+    TSV = "tsv"
+    JSON = "json"
+    JSONL = "jsonl"
+    PARQUET = "parquet"
+
+
+class ClassWeighting(StrEnum):
+    NONE = "none"
+    BALANCED = "balanced"
+
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class ModelSpec(Section):
+    """The pretrained model to fine-tune."""
+
+    name: NonEmpty = Field(
+        description="Hub model id (bert-base-uncased), s3://bucket/prefix, local path, or "
+        "package://<python package>/<path> for a model a Python package ships."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(False, description="Allow custom model code from the hub.")
+
+
+class DatasetSpec(Section):
+    """Where the labelled text comes from and which columns mean what."""
+
+    train: NonEmpty = Field(
+        description="Training data: a file path or glob, s3:// URL, package:// path, or a hub dataset name."
+    )
+    validation: str | None = Field(None, description="Validation data, same forms as train.")
+    test: str | None = Field(None, description="Test data evaluated once after training.")
+    format: DataFormat = Field(DataFormat.AUTO, description="File format; auto uses the file extension.")
+    text_column: NonEmpty = Field("text", description="Column holding the text.")
+    text_pair_column: str | None = Field(None, description="Optional second text column (sentence pairs).")
+    label_column: NonEmpty = Field("label", description="Column holding the label(s) or score.")
+    label_names: list[NonEmpty] | None = Field(
+        None, description="Label names in id order; inferred (sorted) from the training data when absent."
+    )
+    validation_split: float = Field(
+        0.1, gt=0, lt=1, description="Fraction of train held out when no validation set is given."
+    )
+    max_train_samples: int | None = Field(None, ge=1, description="Use at most this many training rows.")
+    max_eval_samples: int | None = Field(None, ge=1, description="Evaluate on at most this many rows.")
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> Self:
+        cols = [self.text_column, self.label_column] + (
+            [self.text_pair_column] if self.text_pair_column else []
+        )
+        if len(set(cols)) != len(cols):
+            raise ValueError(f"textColumn, textPairColumn and labelColumn must differ, got {cols}")
+        if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
+            raise ValueError("labelNames must be unique")
+        return self
+
+
+class TaskSpec(Section):
+    """What is predicted."""
+
+    type: TaskType = Field(TaskType.SINGLE_LABEL, description="Problem type.")
+    num_labels: int | None = Field(
+        None, ge=1, description="Number of labels (1 for regression); inferred from labelNames or the data."
+    )
+    multi_label_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Probability above which a label is predicted (multi-label)."
+    )
+
+    @model_validator(mode="after")
+    def _regression_single_output(self) -> Self:
+        if self.type == TaskType.REGRESSION and self.num_labels not in (None, 1):
+            raise ValueError(f"numLabels must be 1 for regression, got {self.num_labels}")
+        return self
+
+
+class EarlyStopping(Section):
+    """Stop when the evaluation metric has not improved for `patience` evaluations."""
+
+    patience: int = Field(3, ge=1, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
+
+
+class Hyperparameters(Section):
+    """Optimisation recipe. Defaults follow the usual BERT fine-tuning recipe (AdamW 2e-5, 10% warmup)."""
+
+    epochs: float | None = Field(3.0, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
+    learning_rate: float = Field(2e-5, gt=0, lt=1, description="Peak learning rate of the encoder.")
+    head_learning_rate: float | None = Field(
+        None, gt=0, lt=1, description="Learning rate of the classification head (default: learningRate)."
+    )
+    weight_decay: float = Field(0.01, ge=0, lt=1, description="AdamW weight decay (not on bias/LayerNorm).")
+    adam_beta1: float = Field(0.9, gt=0, lt=1)
+    adam_beta2: float = Field(0.999, gt=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    warmup_ratio: float | None = Field(0.1, ge=0, lt=1, description="Warmup as a fraction of total steps.")
+    warmup_steps: int | None = Field(None, ge=0, description="Warmup steps; overrides warmupRatio.")
+    scheduler: Scheduler = Field(Scheduler.LINEAR, description="Learning-rate decay after warmup.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Examples per process per micro-batch.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables.")
+    max_seq_length: int = Field(128, ge=8, le=8192, description="Tokens per example after truncation.")
+    truncation: Truncation = Field(
+        Truncation.HEAD, description="Which tokens to keep: head, tail, or head_tail (first and last)."
+    )
+    head_tokens: int = Field(
+        64, ge=1, description="For head_tail: tokens kept from the start; the rest come from the end."
+    )
+    precision: Precision = Field(
+        Precision.AUTO, description="auto: bf16 where supported, else fp32. fp16 needs a GPU."
+    )
+    gradient_checkpointing: bool = False
+    freeze_encoder: bool = Field(False, description="Train only the classification head.")
+    seed: int = Field(42, ge=0)
+    eval_steps: int | None = Field(
+        None, ge=1, description="Evaluate every N optimizer steps (default: each epoch)."
+    )
+    metric_for_best_model: str | None = Field(
+        None, description="Metric that selects the best model (default: f1_macro, or mse for regression)."
+    )
+    early_stopping: EarlyStopping | None = None
+    class_weights: ClassWeighting | list[Annotated[float, Field(gt=0)]] = Field(
+        ClassWeighting.NONE, description="none, balanced (inverse frequency), or one weight per label."
+    )
+    balanced_sampling: bool = Field(False, description="Sample classes uniformly (single-label only).")
+    log_every_steps: int = Field(10, ge=1)
+    dataloader_workers: int = Field(0, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("one of epochs or maxSteps is required")
+        if self.truncation == Truncation.HEAD_TAIL and self.head_tokens >= self.max_seq_length - 2:
+            raise ValueError(
+                f"headTokens must be less than maxSeqLength - 2 ({self.max_seq_length - 2}) for head_tail truncation"
+            )
+        return self
+
+
+class S3Spec(Section):
+    """S3 connection details; credentials come from a Secret, never from the spec."""
+
+    endpoint: str | None = Field(None, description="Endpoint URL for S3-compatible stores (MinIO, Ceph).")
+    region: str | None = None
+    addressing_style: str = Field("auto", pattern="^(auto|path|virtual)$")
+    credentials_secret: str | None = Field(
+        None, description="Secret with keys accessKey and secretKey (mounted into pods, never inlined)."
+    )
+
+
+class CheckpointSpec(Section):
+    """Where and how often training state is saved for resume."""
+
+    storage: str | None = Field(
+        None, description="s3://bucket/prefix or a path; each job writes under <storage>/<namespace>/<name>."
+    )
+    every_steps: int | None = Field(200, ge=1, description="Checkpoint every N optimizer steps.")
+    every_minutes: float | None = Field(None, gt=0, description="Also checkpoint every M minutes.")
+    keep_last: int = Field(2, ge=1, le=100, description="Committed checkpoints kept, plus the best.")
+    keep_best: bool = True
+    s3: S3Spec | None = None
+
+
+class TrainerConfig(Section):
+    """Everything a trainer process needs: the job's sections plus where this run writes."""
+
+    job_name: NonEmpty = "finetune"
+    namespace: str = "default"
+    output_dir: NonEmpty = Field(description="Local directory for the final model, metrics and plot.")
+    model: ModelSpec
+    dataset: DatasetSpec
+    task: TaskSpec = TaskSpec()
+    hyperparameters: Hyperparameters = Hyperparameters()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    output_uri: str | None = Field(None, description="Where the final model is uploaded (s3:// or path).")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus port of rank 0.")
+    progress_file: str | None = Field(None, description="JSON file rank 0 rewrites with progress.")
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, indent=2)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainerConfig:
+        """Read a trainer config JSON file, raising ConfigError with every wrong field named."""
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError([f"{path}: file not found"]) from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError([f"{path}: not valid UTF-8 JSON ({e})"]) from None
+        return parse(cls, raw, prefix="")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; ``errors`` lists one message per wrong field."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+def _describe(err: dict[str, Any]) -> str:
+    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    expected = {
+        "missing": "a value (field is required)",
+        "extra_forbidden": "no such field (check spelling and indentation)",
+        "greater_than": f"a number greater than {ctx.get('gt')}",
+        "greater_than_equal": f"a number of at least {ctx.get('ge')}",
+        "less_than": f"a number less than {ctx.get('lt')}",
+        "less_than_equal": f"a number of at most {ctx.get('le')}",
+        "string_too_short": "a non-empty string",
+        "enum": f"one of {ctx.get('expected')}",
+        "literal_error": f"one of {ctx.get('expected')}",
+        "string_pattern_mismatch": f"a string matching {ctx.get('pattern')}",
+        "int_parsing": "an integer",
+        "int_type": "an integer",
+        "int_from_float": "an integer",
+        "float_parsing": "a number",
+        "float_type": "a number",
+        "bool_parsing": "true or false",
+        "bool_type": "true or false",
+        "string_type": "a string",
+        "list_type": "a list",
+        "model_type": "a mapping of fields",
+        "dict_type": "a mapping",
+    }.get(kind)
+    if expected is None:
+        return err["msg"].removeprefix("Value error, ")
+    if kind in ("missing", "extra_forbidden"):
+        return f"expected {expected}"
+    return f"expected {expected}, got {got!r}"
+
+
+def format_errors(exc: ValidationError, prefix: str = "spec") -> list[str]:
+    """Turn a pydantic error into one line per field: ``spec.hyperparameters.learningRate: expected ...``."""
+    lines = []
+    for err in exc.errors():
+        # Union members add their type name to the location ("list[...]", "ClassWeighting"): drop those.
+        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p[:1].isupper()))]
+        path = prefix
+        for part in loc:
+            path = f"{path}[{part}]" if part.isdigit() else (f"{path}.{part}" if path else part)
+        line = f"{path or '<root>'}: {_describe(err)}"
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+def parse(model: type[M], raw: Any, prefix: str = "spec") -> M:
+    """Validate ``raw`` into ``model``, raising ConfigError that names every wrong field by its path."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e, prefix)) from None
