@@ -17,6 +17,8 @@ from typing import Annotated, Any, Self, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from finetune_trainer.errors import InputError
+
 
 class Section(BaseModel):
     """Base of every spec section: camelCase aliases, unknown fields rejected."""
@@ -181,7 +183,6 @@ class Hyperparameters(Section):
     )
     balanced_sampling: bool = Field(False, description="Sample classes uniformly (single-label only).")
     log_every_steps: int = Field(10, ge=1)
-    dataloader_workers: int = Field(0, ge=0, le=64)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -251,7 +252,7 @@ class TrainerConfig(Section):
 M = TypeVar("M", bound=BaseModel)
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration that cannot be used; ``errors`` lists one message per wrong field."""
 
     def __init__(self, errors: list[str]):

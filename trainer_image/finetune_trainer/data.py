@@ -1,0 +1,343 @@
+"""Labelled text in, token ids out: loading, label encoding, tokenization, sampling and dynamic padding.
+
+Files load through Hugging Face ``datasets`` (csv/json/parquet builders) whether they are local, in a package,
+or downloaded from S3; a hub dataset name goes through ``datasets.load_dataset(name)``. Tokenization pads
+nothing: each batch is padded to its own longest example by ``collate``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from finetune_trainer.config import DatasetSpec, DataFormat, Hyperparameters, TaskSpec, TaskType, Truncation
+from finetune_trainer.errors import InputError
+from finetune_trainer.sources import local_files
+
+log = logging.getLogger(__name__)
+
+_BUILDER = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "csv"}
+
+
+@dataclass
+class TextSplit:
+    """One split as plain columns: texts, optional pair texts, and raw labels."""
+
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list[Any]
+    source: str
+
+
+@dataclass
+class Encoded:
+    """A tokenized split; ``labels`` is int64 (single-label) or float32 (multi-label rows, regression)."""
+
+    input_ids: list[list[int]]
+    labels: np.ndarray
+    token_type_ids: list[list[int]] | None = None
+    lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def _builder_for(files: list[Path], fmt: str, field_name: str) -> tuple[str, dict[str, Any]]:
+    if fmt != DataFormat.AUTO:
+        suffix = {"csv": ".csv", "tsv": ".tsv", "json": ".json", "jsonl": ".jsonl", "parquet": ".parquet"}[fmt]
+    else:
+        suffixes = {f.suffix.lower() for f in files}
+        if len(suffixes) != 1 or next(iter(suffixes)) not in _BUILDER:
+            raise InputError(
+                f"{field_name}: cannot tell the format of {[f.name for f in files][:3]}; "
+                "set dataset.format to csv, tsv, json, jsonl or parquet"
+            )
+        suffix = next(iter(suffixes))
+    kwargs: dict[str, Any] = {}
+    if suffix == ".tsv":
+        kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    return _BUILDER[suffix], kwargs
+
+
+def _check_utf8(files: list[Path], field_name: str) -> None:
+    for f in files:
+        if f.suffix.lower() == ".parquet":
+            continue
+        with f.open("rb") as fh:
+            for lineno, line in enumerate(fh, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise InputError(
+                        f"{field_name}: {f} is not UTF-8 text (line {lineno}, byte {e.start}: "
+                        f"{line[e.start : e.start + 1]!r}); re-encode it as UTF-8"
+                    ) from None
+
+
+def load_split(source: str, spec: DatasetSpec, field_name: str, cache_dir: Path) -> TextSplit:
+    """Load one split's text and label columns, with errors that name the field, file and columns."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    files = local_files(source, field_name, cache_dir)
+    try:
+        if files is None:
+            ds = datasets.load_dataset(source, split="train")
+        else:
+            _check_utf8(files, field_name)
+            builder, kwargs = _builder_for(files, spec.format, field_name)
+            ds = datasets.load_dataset(
+                builder, data_files=[str(f) for f in files], split="train", cache_dir=str(cache_dir / "datasets"),
+                **kwargs,
+            )
+    except InputError:
+        raise
+    except Exception as e:  # datasets wraps parser errors in many types; all mean "this file is not readable"
+        cause = e.__cause__ or e
+        raise InputError(f"{field_name}: cannot read {source}: {type(cause).__name__}: {cause}".strip()) from None
+    columns = ds.column_names
+    wanted = {"textColumn": spec.text_column, "labelColumn": spec.label_column}
+    if spec.text_pair_column:
+        wanted["textPairColumn"] = spec.text_pair_column
+    for key, col in wanted.items():
+        if col not in columns:
+            raise InputError(f"dataset.{key} {col!r} not in columns {columns} of {source}")
+    if len(ds) == 0:
+        raise InputError(f"{field_name}: {source} has no rows")
+    texts = ds[spec.text_column]
+    pairs = ds[spec.text_pair_column] if spec.text_pair_column else None
+    labels = ds[spec.label_column]
+    for name, col in (("textColumn", texts), ("textPairColumn", pairs or [])):
+        bad = next((i for i, t in enumerate(col) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise InputError(
+                f"dataset.{name}: row {bad + 1} of {source} is {col[bad]!r}, expected text (empty or malformed row?)"
+            )
+    return TextSplit(list(texts), list(pairs) if pairs is not None else None, list(labels), source)
+
+
+# --- labels ------------------------------------------------------------------------------------------------
+
+
+def _split_multi(value: Any) -> list[Any]:
+    if isinstance(value, list | tuple):
+        return list(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return list(json.loads(text))
+            except json.JSONDecodeError:
+                pass
+        sep = "|" if "|" in text else ","
+        return [p.strip() for p in text.split(sep) if p.strip()]
+    if value is None:
+        return []
+    return [value]
+
+
+def label_names_from(splits: Sequence[TextSplit], spec: DatasetSpec, task: TaskSpec) -> list[str]:
+    """Label names in id order: the spec's, else integers 0..max, else the sorted set of names seen."""
+    if task.type == TaskType.REGRESSION:
+        return []
+    if spec.label_names:
+        return list(spec.label_names)
+    seen: set[Any] = set()
+    for split in splits:
+        for v in split.labels:
+            seen.update(_split_multi(v) if task.type == TaskType.MULTI_LABEL else [v])
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in seen):
+        n = task.num_labels or (max(seen) + 1 if seen else 0)
+        return [str(i) for i in range(n)]
+    return sorted(str(v) for v in seen)
+
+
+def encode_labels(split: TextSplit, names: list[str], task: TaskSpec) -> np.ndarray:
+    """Raw label column -> ids, multi-hot rows or floats, with an error naming the first bad row."""
+    where = f"dataset.labelColumn in {split.source}"
+    if task.type == TaskType.REGRESSION:
+        out = np.empty(len(split.labels), dtype=np.float32)
+        for i, v in enumerate(split.labels):
+            try:
+                out[i] = float(v)
+            except (TypeError, ValueError):
+                raise InputError(f"{where}: row {i + 1} is {v!r}, expected a number for regression") from None
+            if not math.isfinite(out[i]):
+                raise InputError(f"{where}: row {i + 1} is {v!r}, expected a finite number")
+        return out
+    index = {n: i for i, n in enumerate(names)}
+
+    def to_id(v: Any, row: int) -> int:
+        if isinstance(v, bool) or v is None:
+            raise InputError(f"{where}: row {row} is {v!r}, expected one of {names[:10]} or an id")
+        if isinstance(v, int | np.integer) and str(v) not in index:
+            if 0 <= v < len(names):
+                return int(v)
+            raise InputError(f"{where}: row {row} has label id {v}, out of range 0..{len(names) - 1}")
+        key = str(v).strip()
+        if key not in index:
+            raise InputError(
+                f"{where}: row {row} has unknown label {v!r}; expected one of {names[:10]}"
+                + (" ..." if len(names) > 10 else "")
+            )
+        return index[key]
+
+    if task.type == TaskType.MULTI_LABEL:
+        out = np.zeros((len(split.labels), len(names)), dtype=np.float32)
+        for i, v in enumerate(split.labels):
+            for item in _split_multi(v):
+                out[i, to_id(item, i + 1)] = 1.0
+        return out
+    return np.array([to_id(v, i + 1) for i, v in enumerate(split.labels)], dtype=np.int64)
+
+
+# --- tokenization ------------------------------------------------------------------------------------------
+
+
+def tokenize(split: TextSplit, tokenizer: Any, hp: Hyperparameters, labels: np.ndarray) -> Encoded:
+    """Tokenize without padding; truncate from the head, the tail, or keep head and tail (Sun et al. 2019)."""
+    max_len = hp.max_seq_length
+    wants_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ["token_type_ids"])
+    if split.pairs is not None or hp.truncation != Truncation.HEAD_TAIL:
+        tokenizer.truncation_side = "left" if hp.truncation == Truncation.TAIL else "right"
+        enc = tokenizer(
+            split.texts, split.pairs, truncation=True, max_length=max_len, padding=False,
+            return_token_type_ids=wants_types, return_attention_mask=False,
+        )
+        ids = enc["input_ids"]
+        types = enc.get("token_type_ids") if wants_types else None
+    else:
+        full = tokenizer(split.texts, truncation=False, padding=False, return_attention_mask=False,
+                         return_token_type_ids=False)["input_ids"]
+        prefix = 1 if len(tokenizer("", add_special_tokens=True)["input_ids"]) == 2 else 0
+        head = prefix + hp.head_tokens
+        tail = max_len - head
+        ids = [seq if len(seq) <= max_len else seq[:head] + seq[-tail:] for seq in full]
+        types = [[0] * len(seq) for seq in ids] if wants_types else None
+    lengths = np.fromiter((len(s) for s in ids), dtype=np.int64, count=len(ids))
+    return Encoded(input_ids=ids, labels=labels, token_type_ids=types, lengths=lengths)
+
+
+@dataclass
+class Collator:
+    """Pads a batch to its longest sequence (rounded up to a multiple, e.g. 8 for tensor cores)."""
+
+    pad_id: int
+    pad_to_multiple_of: int = 1
+
+    def __call__(self, data: Encoded, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        longest = max(len(data.input_ids[i]) for i in indices)
+        width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        ids = torch.full((len(indices), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(indices), width), dtype=torch.long)
+        types = torch.zeros((len(indices), width), dtype=torch.long) if data.token_type_ids is not None else None
+        for row, i in enumerate(indices):
+            seq = data.input_ids[i]
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+            if types is not None:
+                types[row, : len(seq)] = torch.tensor(data.token_type_ids[i])
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.from_numpy(data.labels[list(indices)])}
+        if types is not None:
+            batch["token_type_ids"] = types
+        return batch
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """This rank's share of a seeded per-epoch order, able to start mid-epoch (for exact resume).
+
+    Like DistributedSampler (reshuffled each epoch, padded to a multiple of the world size), with optional
+    class-balanced sampling (multinomial with replacement over per-example weights).
+    """
+
+    def __init__(self, n: int, *, rank: int, world_size: int, seed: int, shuffle: bool = True,
+                 weights: np.ndarray | None = None):
+        self.n, self.rank, self.world_size, self.seed, self.shuffle = n, rank, world_size, seed, shuffle
+        self.weights = torch.as_tensor(weights, dtype=torch.double) if weights is not None else None
+        self.epoch = 0
+        self.start = 0
+        self.per_rank = math.ceil(n / world_size)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's order and skip its first ``start`` indices of this rank."""
+        self.epoch, self.start = epoch, start
+
+    def order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        total = self.per_rank * self.world_size
+        if self.weights is not None:
+            idx = torch.multinomial(self.weights, total, replacement=True, generator=g).tolist()
+        elif self.shuffle:
+            idx = torch.randperm(self.n, generator=g).tolist()
+        else:
+            idx = list(range(self.n))
+        idx += idx[: total - len(idx)]
+        return idx[self.rank : total : self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order()[self.start :])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+def batches(data: Encoded, sampler: EpochSampler, batch_size: int, collate: Collator) -> Iterator[dict]:
+    """Micro-batches of this rank for the sampler's current epoch (the last one may be short)."""
+    order = list(sampler)
+    for i in range(0, len(order), batch_size):
+        yield collate(data, order[i : i + batch_size])
+
+
+def balanced_weights(labels: np.ndarray) -> np.ndarray:
+    """Per-example weights that make every class equally likely (single-label)."""
+    counts = np.bincount(labels)
+    return (1.0 / counts[labels]).astype(np.float64)
+
+
+def class_weights(labels: np.ndarray, n: int) -> np.ndarray:
+    """Inverse-frequency loss weights, normalised to mean 1 (sklearn's 'balanced')."""
+    counts = labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels, minlength=n)
+    counts = np.maximum(counts, 1)
+    return (counts.sum() / (n * counts)).astype(np.float32)
+
+
+def train_validation_split(split: TextSplit, ratio: float, seed: int) -> tuple[TextSplit, TextSplit]:
+    """Hold out ``ratio`` of the training rows (seeded) when the job names no validation set."""
+    n = len(split.texts)
+    if n < 2:
+        raise InputError(f"dataset.train: {split.source} has {n} row; need at least 2 to hold out validation")
+    order = np.random.default_rng(seed).permutation(n)
+    k = max(1, round(n * ratio))
+    held, kept = sorted(order[:k]), sorted(order[k:])
+
+    def take(ix: Sequence[int], tag: str) -> TextSplit:
+        return TextSplit(
+            [split.texts[i] for i in ix],
+            [split.pairs[i] for i in ix] if split.pairs is not None else None,
+            [split.labels[i] for i in ix],
+            f"{split.source} ({tag})",
+        )
+
+    return take(kept, "train part"), take(held, f"held-out {ratio:.0%}")
+
+
+def limit(split: TextSplit, n: int | None, seed: int) -> TextSplit:
+    """At most ``n`` rows, chosen with a seed so that every rank and every run takes the same ones."""
+    if n is None or len(split.texts) <= n:
+        return split
+    ix = sorted(np.random.default_rng(seed).permutation(len(split.texts))[:n])
+    return TextSplit(
+        [split.texts[i] for i in ix],
+        [split.pairs[i] for i in ix] if split.pairs is not None else None,
+        [split.labels[i] for i in ix],
+        split.source,
+    )

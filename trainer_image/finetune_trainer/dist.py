@@ -1,0 +1,79 @@
+"""torch.distributed set-up from torchrun's environment, and the few collectives the trainer needs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as td
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init() -> DistInfo:
+    """Join the process group torchrun set up (gloo on CPU, NCCL on GPU); a single process needs none."""
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not td.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        td.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return DistInfo(rank, local_rank, world, device)
+
+
+def close() -> None:
+    if td.is_initialized():
+        td.destroy_process_group()
+
+
+def any_flag(flag: bool, info: DistInfo) -> bool:
+    """True on every rank when ``flag`` is true on any rank (used to agree on stop and save)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=info.device)
+    td.all_reduce(t, op=td.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def mean(value: float, info: DistInfo) -> float:
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=info.device)
+    td.all_reduce(t)
+    return float(t.item()) / info.world_size
+
+
+def gather(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    td.all_gather_object(out, obj)
+    return out
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        td.barrier()

@@ -1,0 +1,504 @@
+"""The training loop: DDP, AMP, gradient accumulation, clipping, scheduling, evaluation, early stopping,
+checkpoint/resume and the final save. ``fit(config)`` is everything a worker process does."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from finetune_trainer import data as D
+from finetune_trainer import dist, evaluate
+from finetune_trainer.config import Precision, TaskType, TrainerConfig
+from finetune_trainer.errors import InputError
+from finetune_trainer.model import load_model, load_tokenizer, param_groups, prepare
+from finetune_trainer.progress import Progress
+from finetune_trainer.report import plot_curves, write_metrics
+
+log = logging.getLogger("finetune_trainer")
+
+
+@dataclass
+class State:
+    """Replicated counters saved in every checkpoint; with the sampler's seed they fix the data order."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    samples: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Prepared:
+    train: D.Encoded
+    validation: D.Encoded
+    test: D.Encoded | None
+    label_names: list[str]
+    tokenizer: Any
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_data(cfg: TrainerConfig, cache_dir: Path) -> Prepared:
+    """Load, label and tokenize every split; raises InputError for anything a user must fix."""
+    ds, task, hp = cfg.dataset, cfg.task, cfg.hyperparameters
+    train = D.limit(D.load_split(ds.train, ds, "dataset.train", cache_dir), ds.max_train_samples, hp.seed)
+    if ds.validation:
+        val = D.load_split(ds.validation, ds, "dataset.validation", cache_dir)
+    else:
+        train, val = D.train_validation_split(train, ds.validation_split, hp.seed)
+    val = D.limit(val, ds.max_eval_samples, hp.seed)
+    test = D.load_split(ds.test, ds, "dataset.test", cache_dir) if ds.test else None
+    names = D.label_names_from([train], ds, task)
+    if task.type != TaskType.REGRESSION:
+        if task.num_labels is not None and len(names) != task.num_labels:
+            raise InputError(f"task.numLabels is {task.num_labels} but the training data has {len(names)} labels")
+        if len(names) < 2 and task.type == TaskType.SINGLE_LABEL:
+            raise InputError(f"dataset.labelColumn: training data has {len(names)} label(s) {names}; need at least 2")
+    tokenizer = load_tokenizer(cfg.model, cache_dir)
+
+    def encode(split: D.TextSplit) -> D.Encoded:
+        return D.tokenize(split, tokenizer, hp, D.encode_labels(split, names, task))
+
+    return Prepared(encode(train), encode(val), encode(test) if test else None, names, tokenizer)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = fp32). auto picks bf16 where the hardware has it."""
+    if precision == Precision.FP32:
+        return None
+    if precision == Precision.FP16:
+        if device.type != "cuda":
+            raise InputError("hyperparameters.precision fp16 needs a CUDA GPU; use bf16 or auto on CPU")
+        return torch.float16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if precision == Precision.BF16:
+            raise InputError("hyperparameters.precision bf16 is not supported by this GPU; use fp16 or auto")
+        return torch.float16
+    return torch.bfloat16
+
+
+class Trainer:
+    """One worker's view of a fine-tuning run."""
+
+    def __init__(self, cfg: TrainerConfig, info: dist.DistInfo, prepared: Prepared):
+        self.cfg, self.info, self.p = cfg, info, prepared
+        hp = cfg.hyperparameters
+        self.hp, self.task = hp, cfg.task.type
+        self.metric = hp.metric_for_best_model or evaluate.default_metric(self.task)
+        self.out = Path(cfg.output_dir)
+        seed_everything(hp.seed)
+        model = load_model(cfg.model, self.task, prepared.label_names, self.out / ".cache")
+        prepare(model, hp)
+        self.model = model.to(info.device)
+        self.ddp = DDP(self.model) if info.enabled else None
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, hp), lr=hp.learning_rate, betas=(hp.adam_beta1, hp.adam_beta2),
+            eps=hp.adam_epsilon, fused=info.device.type == "cuda",
+        )
+        self.amp_dtype = resolve_precision(hp.precision, info.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        weights = D.balanced_weights(prepared.train.labels) if hp.balanced_sampling else None
+        self.sampler = D.EpochSampler(
+            len(prepared.train), rank=info.rank, world_size=info.world_size, seed=hp.seed, weights=weights
+        )
+        self.collate = D.Collator(prepared.tokenizer.pad_token_id or 0, 8 if info.device.type == "cuda" else 1)
+        self.micro_per_epoch = math.ceil(self.sampler.per_rank / hp.batch_size)
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / hp.gradient_accumulation_steps)
+        self.total_steps = hp.max_steps or math.ceil(hp.epochs * self.steps_per_epoch)
+        self.scheduler = self._scheduler()
+        self.loss_fn = self._loss_fn()
+        self.state = State()
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.last_eval: tuple[int, dict[str, Any]] | None = None
+        self.stop_requested = False
+        self.ckpt = self._checkpoints()
+        self.metrics = self._metrics()
+        self.progress = Progress(
+            self.total_steps, enabled=info.is_main, progress_file=cfg.progress_file, start_step=self.state.step
+        )
+
+    # --- construction ------------------------------------------------------------------------------------
+
+    def _scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        from transformers import get_scheduler
+
+        hp = self.hp
+        warmup = hp.warmup_steps if hp.warmup_steps is not None else round((hp.warmup_ratio or 0) * self.total_steps)
+        name = "constant_with_warmup" if hp.scheduler == "constant" else hp.scheduler
+        return get_scheduler(name, self.optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps)
+
+    def _loss_fn(self) -> torch.nn.Module:
+        labels, n = self.p.train.labels, len(self.p.label_names)
+        cw = self.hp.class_weights
+        weight = None
+        if isinstance(cw, list):
+            if len(cw) != n:
+                raise InputError(f"hyperparameters.classWeights has {len(cw)} weights for {n} labels")
+            weight = torch.tensor(cw, dtype=torch.float32)
+        elif cw == "balanced" and self.task != TaskType.REGRESSION:
+            weight = torch.from_numpy(D.class_weights(labels, n))
+        if weight is not None:
+            weight = weight.to(self.info.device)
+        if self.task == TaskType.REGRESSION:
+            return torch.nn.MSELoss()
+        if self.task == TaskType.MULTI_LABEL:
+            return torch.nn.BCEWithLogitsLoss(pos_weight=weight)
+        return torch.nn.CrossEntropyLoss(weight=weight)
+
+    def _checkpoints(self) -> Any:
+        ck = self.cfg.checkpoint
+        if not ck.storage:
+            return None
+        from finetune_trainer.checkpoint import CheckpointManager
+
+        url = f"{ck.storage.rstrip('/')}/{self.cfg.namespace}/{self.cfg.job_name}"
+        mode = "min" if self.metric in evaluate.LOWER_IS_BETTER else "max"
+        return CheckpointManager(
+            url, rank=self.info.rank, world_size=self.info.world_size, keep_last=ck.keep_last,
+            keep_best=ck.keep_best, metric_mode=mode, staging_dir=self.out / ".staging" / f"rank{self.info.rank}",
+        )
+
+    def _metrics(self) -> Any:
+        from finetune_trainer.metrics import TrainingMetrics
+
+        port = self.cfg.metrics_port
+        m = TrainingMetrics(self.cfg.job_name, self.info.rank, port + self.info.local_rank if port else None)
+        m.start_server()
+        m.set_total_steps(self.total_steps)
+        return m
+
+    # --- checkpoint / resume -----------------------------------------------------------------------------
+
+    def resume(self) -> bool:
+        """Continue from the newest committed checkpoint, if any. Returns whether it did."""
+        if self.ckpt is None:
+            return False
+        info = self.ckpt.latest()
+        if info is None:
+            return False
+        state, rank_state = self.ckpt.load(info, map_location=self.info.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.state = State(**state["trainer"])
+        if rank_state:
+            random.setstate(rank_state["python"])
+            np.random.set_state(rank_state["numpy"])
+            torch.set_rng_state(rank_state["torch"].cpu())
+            if torch.cuda.is_available() and rank_state.get("cuda") is not None:
+                torch.cuda.set_rng_state_all(rank_state["cuda"])
+        self.progress.start_step = self.state.step
+        self.progress.message("resumed from checkpoint at step %d (%s)", self.state.step, info.key)
+        return True
+
+    def save_checkpoint(self, *, blocking: bool = False, metric: float | None = None) -> None:
+        if self.ckpt is None:
+            return
+        started = time.monotonic()
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "trainer": asdict(self.state),
+        }
+        rank_state = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        self.ckpt.save(self.state.step, state, rank_state=rank_state, metric=metric, blocking=blocking)
+        self.metrics.observe_checkpoint(seconds=time.monotonic() - started, nbytes=0)
+
+    # --- the loop ----------------------------------------------------------------------------------------
+
+    def _forward(self, batch: dict[str, torch.Tensor], module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = batch.pop("labels")
+        with torch.autocast(self.info.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            logits = module(**batch).logits
+        logits = logits.float()
+        if self.task == TaskType.REGRESSION:
+            return self.loss_fn(logits.squeeze(-1), labels), logits
+        return self.loss_fn(logits, labels), logits
+
+    def _should_checkpoint(self, last_save: float) -> bool:
+        ck = self.cfg.checkpoint
+        if self.ckpt is None:
+            return False
+        due = bool(ck.every_steps and self.state.step % ck.every_steps == 0)
+        if ck.every_minutes and time.monotonic() - last_save >= ck.every_minutes * 60:
+            due = True
+        return dist.any_flag(due, self.info) if ck.every_minutes else due
+
+    def fit(self) -> dict[str, Any]:
+        hp, st, info = self.hp, self.state, self.info
+        module = self.ddp or self.model
+        accum = hp.gradient_accumulation_steps
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        window_loss, window_n, window_samples, window_tokens = 0.0, 0, 0, 0
+        window_start = time.perf_counter()
+        last_save = time.monotonic()
+        stopped_early = False
+        try:
+            while st.step < self.total_steps and not stopped_early:
+                self.sampler.set_epoch(st.epoch, start=st.batches_in_epoch * hp.batch_size)
+                self.model.train()
+                micro = st.batches_in_epoch
+                for batch in D.batches(self.p.train, self.sampler, hp.batch_size, self.collate):
+                    micro += 1
+                    boundary = micro % accum == 0 or micro == self.micro_per_epoch
+                    batch = {k: v.to(info.device, non_blocking=True) for k, v in batch.items()}
+                    window_samples += batch["input_ids"].shape[0]
+                    window_tokens += int(batch["attention_mask"].sum())
+                    sync = contextlib.nullcontext() if boundary or self.ddp is None else self.ddp.no_sync()
+                    with sync:
+                        loss, _ = self._forward(batch, module)
+                        self.scaler.scale(loss / accum).backward()
+                    window_loss += float(loss.detach())
+                    window_n += 1
+                    if not boundary:
+                        continue
+                    grad_norm = self._optimizer_step()
+                    st.step += 1
+                    st.batches_in_epoch = micro
+                    if st.step % hp.log_every_steps == 0 or st.step == self.total_steps:
+                        elapsed = time.perf_counter() - window_start
+                        self._log_step(window_loss / max(window_n, 1), grad_norm, window_samples, window_tokens, elapsed)
+                        window_loss, window_n, window_samples, window_tokens = 0.0, 0, 0, 0
+                        window_start = time.perf_counter()
+                    metric = None
+                    if hp.eval_steps and st.step % hp.eval_steps == 0:
+                        metric, stopped_early = self._evaluate_and_track()
+                    if self._should_checkpoint(last_save):
+                        self.save_checkpoint(metric=metric)
+                        last_save = time.monotonic()
+                    if dist.any_flag(self.stop_requested, info):
+                        self.progress.message("SIGTERM: saving a final checkpoint at step %d", st.step)
+                        self.save_checkpoint(blocking=True)
+                        raise Preempted(st.step)
+                    if st.step >= self.total_steps or stopped_early:
+                        break
+                else:
+                    st.epoch += 1
+                    st.batches_in_epoch = 0
+                    if not hp.eval_steps:
+                        _, stopped_early = self._evaluate_and_track()
+                    continue
+            if not st.evals or st.evals[-1]["step"] != st.step:
+                self._evaluate_and_track()
+            if self.ckpt is not None:
+                self.ckpt.wait()
+            return self._finish(stopped_early)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.progress.close()
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+
+    def _optimizer_step(self) -> float | None:
+        grad_norm = None
+        if self.hp.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.hp.max_grad_norm))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def _log_step(self, loss: float, grad_norm: float | None, samples: int, tokens: int, seconds: float) -> None:
+        st, info = self.state, self.info
+        loss = dist.mean(loss, info)
+        samples_all, tokens_all = samples * info.world_size, tokens * info.world_size
+        st.samples += samples_all
+        lr = self.scheduler.get_last_lr()[0]
+        epoch = st.epoch + st.batches_in_epoch / max(self.micro_per_epoch, 1)
+        values = {
+            "loss": loss,
+            "learning_rate": lr,
+            "grad_norm": grad_norm if grad_norm is not None else float("nan"),
+            "samples_per_second": samples_all / seconds if seconds else 0.0,
+            "tokens_per_second": tokens_all / seconds if seconds else 0.0,
+        }
+        st.history.append({"step": st.step, "epoch": round(epoch, 4), **values})
+        self.metrics.observe_step(
+            step=st.step, epoch=epoch, loss=loss, learning_rate=lr, grad_norm=grad_norm, samples=samples,
+            tokens=tokens, seconds=seconds,
+        )
+        self.progress.update(st.step, epoch, values)
+
+    # --- evaluation --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict(self, data: D.Encoded) -> tuple[np.ndarray, float]:
+        """Logits for every example of ``data`` (each rank scores a shard; all ranks get all) and mean loss."""
+        self.model.eval()
+        mine = list(range(self.info.rank, len(data), self.info.world_size))
+        logits, losses = [], []
+        for i in range(0, len(mine), self.hp.batch_size * 2):
+            idx = mine[i : i + self.hp.batch_size * 2]
+            batch = {k: v.to(self.info.device) for k, v in self.collate(data, idx).items()}
+            loss, out = self._forward(batch, self.model)
+            logits.append(out.cpu().numpy())
+            losses.append((float(loss), len(idx)))
+        self.model.train()
+        shards = dist.gather((mine, logits, losses), self.info)
+        width = 1 if self.task == TaskType.REGRESSION else len(self.p.label_names)
+        full = np.zeros((len(data), width), dtype=np.float32)
+        total, count = 0.0, 0
+        for idx, parts, ls in shards:
+            if parts:
+                full[idx] = np.concatenate(parts)
+            total += sum(loss * n for loss, n in ls)
+            count += sum(n for _, n in ls)
+        return full, total / max(count, 1)
+
+    def evaluate(self, data: D.Encoded) -> dict[str, Any]:
+        logits, loss = self.predict(data)
+        labels = data.labels
+        result = evaluate.compute(self.task, logits, labels, self.p.label_names, self.cfg.task.multi_label_threshold)
+        result["loss"] = loss
+        return result
+
+    def _evaluate_and_track(self) -> tuple[float, bool]:
+        """Evaluate on validation, remember the best weights, and say whether to stop early."""
+        st = self.state
+        result = self.evaluate(self.p.validation)
+        self.last_eval = (st.step, result)
+        flat = evaluate.scalars(result)
+        if self.metric not in flat:
+            raise InputError(
+                f"hyperparameters.metricForBestModel {self.metric!r} is not one of {sorted(flat)} for this task"
+            )
+        st.evals.append({"step": st.step, **flat})
+        value = flat[self.metric]
+        self.metrics.observe_eval(flat)
+        es = self.hp.early_stopping
+        if evaluate.improved(value, st.best_metric, self.metric, es.min_delta if es else 0.0):
+            st.best_metric, st.best_step, st.bad_evals = value, st.step, 0
+            if self.info.is_main:
+                self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        else:
+            st.bad_evals += 1
+        shown = {k: round(v, 4) for k, v in flat.items() if k in ("loss", "accuracy", "f1_macro", "mse", "pearson")}
+        self.progress.message("eval step=%d %s best_%s=%.4f", st.step, shown, self.metric, st.best_metric)
+        self.progress.write(st.step, st.epoch, {**flat, "eval": 1.0}, "training")
+        stop = bool(es and st.bad_evals >= es.patience)
+        if stop:
+            self.progress.message("early stopping: %s did not improve for %d evaluations", self.metric, es.patience)
+        return value, stop
+
+    # --- the end -----------------------------------------------------------------------------------------
+
+    def _finish(self, stopped_early: bool) -> dict[str, Any]:
+        st = self.state
+        reuse = self.last_eval if self.last_eval and self.last_eval[0] == st.best_step == st.step else None
+        if st.best_step is not None and st.best_step != st.step:
+            if self.best_weights is not None:
+                self.model.load_state_dict(self.best_weights)
+            elif self.info.is_main:
+                self.progress.message("best weights (step %s) predate a restart; keeping the final ones", st.best_step)
+            if self.info.enabled:  # every rank needs rank 0's chosen weights for the final evaluations
+                for t in self.model.state_dict().values():
+                    torch.distributed.broadcast(t, src=0)
+        validation = reuse[1] if reuse else self.evaluate(self.p.validation)
+        test = self.evaluate(self.p.test) if self.p.test is not None else None
+        summary = {
+            "job": self.cfg.job_name,
+            "task": self.task,
+            "labels": self.p.label_names,
+            "steps": st.step,
+            "total_steps": self.total_steps,
+            "epochs": st.epoch + st.batches_in_epoch / max(self.micro_per_epoch, 1),
+            "stopped_early": stopped_early,
+            "best_metric": {"name": self.metric, "value": st.best_metric, "step": st.best_step},
+            "world_size": self.info.world_size,
+            "precision": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else "fp32",
+            "train_samples": len(self.p.train),
+            "validation": validation,
+            "test": test,
+            "history": st.history,
+            "evals": st.evals,
+            "throughput": _throughput(st.history),
+        }
+        if self.info.is_main:
+            self._save(summary)
+        self.progress.write(st.step, st.epoch, evaluate.scalars(validation), "completed")
+        return summary
+
+    def _save(self, summary: dict[str, Any]) -> None:
+        model_dir = self.out / "model"
+        self.model.save_pretrained(model_dir)
+        self.p.tokenizer.save_pretrained(model_dir)
+        write_metrics(self.out / "metrics.json", summary)
+        plot_curves(self.out / "training_curve.png", summary["history"], summary["evals"], self.metric)
+        if self.cfg.output_uri:
+            from finetune_trainer.storage import open_storage
+
+            store = open_storage(self.cfg.output_uri)
+            for f in sorted(model_dir.iterdir()):
+                store.put_file(f, f"model/{f.name}")
+            store.put_file(self.out / "metrics.json", "metrics.json")
+
+    def close(self) -> None:
+        if self.ckpt is not None:
+            self.ckpt.close()
+        self.metrics.close()
+
+
+class Preempted(Exception):
+    """SIGTERM arrived; a final checkpoint was committed at ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+        super().__init__(f"stopped by SIGTERM after a checkpoint at step {step}")
+
+
+def _throughput(history: list[dict[str, float]]) -> dict[str, float]:
+    rates = [h["samples_per_second"] for h in history[1:]] or [h["samples_per_second"] for h in history]
+    toks = [h["tokens_per_second"] for h in history[1:]] or [h["tokens_per_second"] for h in history]
+    return {
+        "samples_per_second": float(np.mean(rates)) if rates else 0.0,
+        "tokens_per_second": float(np.mean(toks)) if toks else 0.0,
+    }
+
+
+def fit(cfg: TrainerConfig) -> dict[str, Any]:
+    """Train one job in this process (one rank of a torchrun group, or alone)."""
+    info = dist.init()
+    try:
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        prepared = prepare_data(cfg, out / ".cache")
+        trainer = Trainer(cfg, info, prepared)
+        try:
+            trainer.resume()
+            return trainer.fit()
+        finally:
+            trainer.close()
+    finally:
+        dist.close()

@@ -1,0 +1,96 @@
+"""What rank 0 tells people and the operator while training: a progress bar on a terminal, logfmt lines
+otherwise, and a small JSON progress file the operator reads (no log scraping)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("finetune_trainer")
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Progress:
+    """Progress of one run as seen from rank 0; every other rank gets a silent instance."""
+
+    def __init__(self, total_steps: int, *, enabled: bool, progress_file: str | None, start_step: int = 0):
+        self.total = total_steps
+        self.enabled = enabled
+        self.file = Path(progress_file) if progress_file and enabled else None
+        self.started = time.monotonic()
+        self.start_step = start_step
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def eta(self, step: int) -> float | None:
+        done = step - self.start_step
+        if done <= 0:
+            return None
+        return (time.monotonic() - self.started) / done * (self.total - step)
+
+    def update(self, step: int, epoch: float, values: dict[str, float], phase: str = "training") -> None:
+        """Report ``values`` (loss, learning_rate, samples_per_second, ...) at optimizer step ``step``."""
+        if not self.enabled:
+            return
+        eta = self.eta(step)
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix(
+                loss=f"{values.get('loss', float('nan')):.4f}",
+                lr=f"{values.get('learning_rate', 0):.2e}",
+                samples_s=f"{values.get('samples_per_second', 0):.1f}",
+                refresh=False,
+            )
+            self.bar.refresh()
+        else:
+            fields = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+            log.info("step=%d/%d epoch=%.2f %s eta=%s", step, self.total, epoch, fields, _eta(eta))
+        self.write(step, epoch, values, phase, eta)
+
+    def write(self, step: int, epoch: float, values: dict[str, Any], phase: str, eta: float | None = None) -> None:
+        if self.file is None:
+            return
+        payload = {
+            "phase": phase,
+            "step": step,
+            "totalSteps": self.total,
+            "epoch": round(epoch, 4),
+            "percent": round(100.0 * step / max(self.total, 1), 2),
+            "etaSeconds": None if eta is None else round(eta, 1),
+            "metrics": {k: v for k, v in values.items() if isinstance(v, int | float)},
+            "time": time.time(),
+        }
+        write_json_atomic(self.file, payload)
+
+    def message(self, text: str, *args: Any) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text % args if args else text, file=sys.stderr)
+        else:
+            log.info(text, *args)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,65 @@
+"""`python -m finetune_trainer train --config job.json`: one worker of a fine-tuning run.
+
+    # one process
+    python -m finetune_trainer train --config job.json
+    # one node, 2 processes (gloo on CPU, NCCL on GPUs)
+    torchrun --standalone --nproc-per-node=2 -m finetune_trainer train --config job.json
+    # 2 nodes x 4 GPUs, run on each node
+    torchrun --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 \\
+        --rdzv-id=JOB -m finetune_trainer train --config job.json
+
+Exit codes: 0 done, 2 bad input (one line on stderr, no traceback), 143 stopped by SIGTERM after a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from finetune_trainer.config import TrainerConfig
+from finetune_trainer.errors import InputError
+
+EXIT_BAD_INPUT = 2
+EXIT_PREEMPTED = 143
+
+
+def setup_logging() -> None:
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(
+        level=logging.INFO if rank == "0" else logging.WARNING,
+        format="%(asctime)s %(levelname)s rank=" + rank + " %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+        stream=sys.stderr,
+    )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    for noisy in ("datasets", "httpx", "urllib3", "botocore", "filelock", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m finetune_trainer train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="TrainerConfig JSON written by the operator or `finetune run`")
+    args = parser.parse_args(argv)
+    setup_logging()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        cfg = TrainerConfig.from_file(args.config)
+        from finetune_trainer.loop import Preempted, fit
+
+        fit(cfg)
+    except InputError as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Preempted as e:
+        logging.getLogger("finetune_trainer").warning("%s", e)
+        return EXIT_PREEMPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
