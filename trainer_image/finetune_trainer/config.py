@@ -100,7 +100,9 @@ class DatasetSpec(Section):
         0.1, gt=0, lt=1, description="Fraction of train held out when no validation set is given."
     )
     max_train_samples: int | None = Field(None, ge=1, description="Use at most this many training rows.")
-    max_eval_samples: int | None = Field(None, ge=1, description="Evaluate on at most this many rows.")
+    max_eval_samples: int | None = Field(
+        None, ge=1, description="Evaluate on at most this many rows (validation and test)."
+    )
 
     @model_validator(mode="after")
     def _distinct_columns(self) -> Self:

@@ -67,7 +67,7 @@ def prepare_data(cfg: TrainerConfig, cache_dir: Path) -> Prepared:
     else:
         train, val = D.train_validation_split(train, ds.validation_split, hp.seed)
     val = D.limit(val, ds.max_eval_samples, hp.seed)
-    test = D.load_split(ds.test, ds, "dataset.test", cache_dir) if ds.test else None
+    test = D.limit(D.load_split(ds.test, ds, "dataset.test", cache_dir), ds.max_eval_samples, hp.seed) if ds.test else None
     names = D.label_names_from([train], ds, task)
     if task.type != TaskType.REGRESSION:
         if task.num_labels is not None and len(names) != task.num_labels:

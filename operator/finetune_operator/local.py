@@ -1,0 +1,140 @@
+"""The local backend: the same FineTuneJob file a cluster gets, run by torchrun on this machine.
+
+The job's spec becomes a TrainerConfig (exactly what the operator hands a pod), the data and model are checked
+before any process starts (so bad input is one clear line, not a stack of worker tracebacks), and torchrun
+starts ``nodes x processesPerNode`` workers, or ``--nproc`` of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from finetune_operator.api import FineTuneJob
+from finetune_trainer.config import TrainerConfig
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class LocalRun:
+    """Where one local run writes everything."""
+
+    dir: Path
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "trainer-config.json"
+
+    @property
+    def model(self) -> Path:
+        return self.dir / "model"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.json"
+
+    @property
+    def plot(self) -> Path:
+        return self.dir / "training_curve.png"
+
+    @property
+    def progress(self) -> Path:
+        return self.dir / "progress.json"
+
+
+def trainer_config(job: FineTuneJob, output_dir: str, *, checkpoint_storage: str | None = None,
+                   progress_file: str | None = None, metrics_port: int | None = None) -> TrainerConfig:
+    """The trainer's config for ``job``: its trainer sections plus where this run writes."""
+    spec = job.spec
+    checkpoint = spec.checkpoint
+    if checkpoint_storage and not checkpoint.storage:
+        checkpoint = checkpoint.model_copy(update={"storage": checkpoint_storage})
+    return TrainerConfig(
+        job_name=job.metadata.name,
+        namespace=job.metadata.namespace or "default",
+        output_dir=output_dir,
+        model=spec.model,
+        dataset=spec.dataset,
+        task=spec.task,
+        hyperparameters=spec.hyperparameters,
+        checkpoint=checkpoint,
+        output_uri=spec.output,
+        metrics_port=metrics_port,
+        progress_file=progress_file,
+    )
+
+
+def preflight(cfg: TrainerConfig) -> None:
+    """Check sources, columns and labels in this process; raises InputError naming what is wrong."""
+    from finetune_trainer import data as D
+    from finetune_trainer.sources import model_location
+
+    cache = Path(cfg.output_dir) / ".cache"
+    ds = cfg.dataset
+    model_location(cfg.model.name, "model.name", cache)
+    train = D.load_split(ds.train, ds, "dataset.train", cache)
+    names = D.label_names_from([train], ds, cfg.task)
+    D.encode_labels(train, names, cfg.task)
+    for field, source in (("dataset.validation", ds.validation), ("dataset.test", ds.test)):
+        if source:
+            D.encode_labels(D.load_split(source, ds, field, cache), names, cfg.task)
+
+
+def torchrun_command(config: Path, nproc: int, max_restarts: int = 0) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+        f"--max-restarts={max_restarts}", "-m", "finetune_trainer", "train", "--config", str(config),
+    ]
+
+
+def new_run_dir(root: Path, name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = root / f"{name}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = root / f"{name}-{stamp}-{n}"
+    return path
+
+
+def launch(job: FineTuneJob, run: LocalRun, *, nproc: int | None = None, max_restarts: int = 0,
+           metrics_port: int | None = None) -> int:
+    """Write the trainer config, check the inputs, run torchrun; returns its exit code.
+
+    Raises:
+        InputError: the data or model cannot be used (nothing was started).
+    """
+    run.dir.mkdir(parents=True, exist_ok=True)
+    cfg = trainer_config(
+        job, str(run.dir), checkpoint_storage=str(run.dir / CHECKPOINT_DIR), progress_file=str(run.progress),
+        metrics_port=metrics_port,
+    )
+    run.config.write_text(cfg.to_json(), encoding="utf-8")
+    preflight(cfg)
+    procs = nproc or job.spec.resources.world_size
+    env = dict(os.environ)
+    # torchrun sets OMP_NUM_THREADS=1 for several processes; on CPU share the cores instead.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // procs)))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return subprocess.call(torchrun_command(run.config, procs, max_restarts), env=env)
+
+
+def summary(run: LocalRun) -> str:
+    """Human summary of a finished run: where things are and the headline metrics."""
+    lines = [f"run:     {run.dir}", f"model:   {run.model}", f"metrics: {run.metrics}", f"plot:    {run.plot}"]
+    if run.metrics.exists():
+        m = json.loads(run.metrics.read_text(encoding="utf-8"))
+        for split in ("validation", "test"):
+            if m.get(split):
+                shown = {k: round(v, 4) for k, v in m[split].items() if isinstance(v, float)}
+                head = {k: shown[k] for k in ("accuracy", "f1_macro", "f1_micro", "mse", "pearson") if k in shown}
+                lines.append(f"{split + ':':8} {' '.join(f'{k}={v}' for k, v in head.items())}")
+        t = m.get("throughput", {})
+        lines.append(f"speed:   {t.get('samples_per_second', 0):.1f} samples/s, {m.get('steps')} steps")
+    return "\n".join(lines)
