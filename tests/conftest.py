@@ -2,4 +2,6 @@
 
 pytest_plugins = [
     "tests.fixtures.models",
+    "tests.fixtures.observability",
+    "tests.fixtures.s3",
 ]

@@ -408,8 +408,12 @@ class S3Storage:
                     ) from None
                 self.retries += 1
                 log.warning(
-                    "%s %s: S3 unreachable (%s), retry %d in %.1fs", what, key or self.url, type(exc).__name__,
-                    attempt, delay,
+                    "%s %s: S3 unreachable (%s), retry %d in %.1fs",
+                    what,
+                    key or self.url,
+                    type(exc).__name__,
+                    attempt,
+                    delay,
                 )
                 time.sleep(delay)
 
