@@ -27,6 +27,8 @@ from finetune_trainer.report import plot_curves, write_metrics
 
 log = logging.getLogger("finetune_trainer")
 
+PROGRESS_KEY = "progress.json"  # beside the checkpoints; the operator reads it for status.progress
+
 
 @dataclass
 class State:
@@ -133,8 +135,13 @@ class Trainer:
         self.stop_requested = False
         self.ckpt = self._checkpoints()
         self.metrics = self._metrics()
+        sink = None
+        if self.ckpt is not None:
+            store = self.ckpt.storage
+            sink = lambda payload: store.put_bytes(PROGRESS_KEY, payload)  # noqa: E731
         self.progress = Progress(
-            self.total_steps, enabled=info.is_main, progress_file=cfg.progress_file, start_step=self.state.step
+            self.total_steps, enabled=info.is_main, progress_file=cfg.progress_file, start_step=self.state.step,
+            sink=sink,
         )
 
     # --- construction ------------------------------------------------------------------------------------
@@ -416,6 +423,7 @@ class Trainer:
 
     def _finish(self, stopped_early: bool) -> dict[str, Any]:
         st = self.state
+        checksums = dist.gather(_checksum(self.model), self.info)
         reuse = self.last_eval if self.last_eval and self.last_eval[0] == st.best_step == st.step else None
         if st.best_step is not None and st.best_step != st.step:
             if self.best_weights is not None:
@@ -437,6 +445,7 @@ class Trainer:
             "stopped_early": stopped_early,
             "best_metric": {"name": self.metric, "value": st.best_metric, "step": st.best_step},
             "world_size": self.info.world_size,
+            "replica_checksums": checksums,
             "precision": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else "fp32",
             "train_samples": len(self.p.train),
             "validation": validation,
@@ -448,6 +457,7 @@ class Trainer:
         if self.info.is_main:
             self._save(summary)
         self.progress.write(st.step, st.epoch, evaluate.scalars(validation), "completed")
+        dist.barrier(self.info)  # leave together: no rank tears the group down while another still saves
         return summary
 
     def _save(self, summary: dict[str, Any]) -> None:
@@ -476,6 +486,17 @@ class Preempted(Exception):
     def __init__(self, step: int):
         self.step = step
         super().__init__(f"stopped by SIGTERM after a checkpoint at step {step}")
+
+
+def _checksum(model: torch.nn.Module) -> str:
+    """A digest of every parameter's bytes: equal on all ranks iff the DDP replicas are in sync."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _throughput(history: list[dict[str, float]]) -> dict[str, float]:

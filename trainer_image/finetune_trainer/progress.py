@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("finetune_trainer")
@@ -31,8 +32,10 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 class Progress:
     """Progress of one run as seen from rank 0; every other rank gets a silent instance."""
 
-    def __init__(self, total_steps: int, *, enabled: bool, progress_file: str | None, start_step: int = 0):
+    def __init__(self, total_steps: int, *, enabled: bool, progress_file: str | None, start_step: int = 0,
+                 sink: Callable[[bytes], None] | None = None):
         self.total = total_steps
+        self.sink = sink if enabled else None
         self.enabled = enabled
         self.file = Path(progress_file) if progress_file and enabled else None
         self.started = time.monotonic()
@@ -69,7 +72,7 @@ class Progress:
         self.write(step, epoch, values, phase, eta)
 
     def write(self, step: int, epoch: float, values: dict[str, Any], phase: str, eta: float | None = None) -> None:
-        if self.file is None:
+        if self.file is None and self.sink is None:
             return
         payload = {
             "phase": phase,
@@ -81,7 +84,13 @@ class Progress:
             "metrics": {k: v for k, v in values.items() if isinstance(v, int | float)},
             "time": time.time(),
         }
-        write_json_atomic(self.file, payload)
+        if self.file is not None:
+            write_json_atomic(self.file, payload)
+        if self.sink is not None:
+            try:
+                self.sink(json.dumps(payload).encode())
+            except Exception as e:  # progress is advisory: never stop training for it
+                log.warning("could not publish progress: %s", e)
 
     def message(self, text: str, *args: Any) -> None:
         if not self.enabled:

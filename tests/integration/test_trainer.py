@@ -1,0 +1,140 @@
+"""The trainer as a user runs it: real torchrun processes on a tiny BERT, then the saved model reloaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.fixtures.models import multilabel_rows, pair_rows, score_rows, write_csv
+
+FAST = {"learningRate": 3e-3, "batchSize": 16, "logEverySteps": 2, "warmupRatio": 0.1, "precision": "fp32"}
+
+
+def write_config(tmp: Path, model: Path, dataset: dict, *, hp: dict | None = None, task: dict | None = None,
+                 **extra) -> Path:
+    cfg = {
+        "jobName": "test",
+        "outputDir": str(tmp / "out"),
+        "model": {"name": str(model)},
+        "dataset": dataset,
+        "task": task or {},
+        "hyperparameters": {**FAST, **(hp or {})},
+        **extra,
+    }
+    path = tmp / "job.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def torchrun(config: Path, nproc: int, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "finetune_trainer", "train", "--config", str(config)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def train_in_process(config: Path) -> dict:
+    """One rank, in this process: the same entry point torchrun calls."""
+    from finetune_trainer.train import main
+
+    assert main(["--config", str(config)]) == 0
+    return json.loads((config.parent / "out" / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_process_ddp_learns_and_saves_a_model_that_reloads(tmp_path, tiny_bert, sentiment_csv):
+    train, val = sentiment_csv
+    config = write_config(tmp_path, tiny_bert, {"train": str(train), "validation": str(val)}, hp={"epochs": 4})
+    proc = torchrun(config, nproc=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out"
+    metrics = json.loads((out / "metrics.json").read_text())
+
+    assert metrics["world_size"] == 2
+    losses = [h["loss"] for h in metrics["history"]]
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
+    assert len(set(metrics["replica_checksums"])) == 1, "DDP replicas diverged"
+    assert metrics["validation"]["accuracy"] >= 0.9
+    assert (out / "training_curve.png").stat().st_size > 10_000
+
+    # The saved model is a plain Hugging Face folder: reload it and predict the validation set again.
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = out / "model"
+    assert (model_dir / "model.safetensors").exists()
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    import csv
+
+    rows = list(csv.DictReader(val.open()))
+    with torch.no_grad():
+        enc = tokenizer([r["text"] for r in rows], padding=True, return_tensors="pt")
+        pred = model(**enc).logits.argmax(-1).tolist()
+    truth = [model.config.label2id[r["label"]] for r in rows]
+    cm = np.zeros((2, 2), dtype=int)
+    np.add.at(cm, (truth, pred), 1)
+    assert cm.tolist() == metrics["validation"]["confusion_matrix"]
+
+
+def test_same_seed_same_metrics(tmp_path, tiny_bert, sentiment_csv):
+    train, val = sentiment_csv
+    results = []
+    for run in ("a", "b"):
+        d = tmp_path / run
+        d.mkdir()
+        config = write_config(d, tiny_bert, {"train": str(train), "validation": str(val)}, hp={"maxSteps": 12})
+        results.append(train_in_process(config))
+    a, b = results
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    assert a["validation"] == b["validation"]
+
+
+def test_regression_scores(tmp_path, tiny_bert):
+    train = write_csv(tmp_path / "scores.csv", score_rows(256, seed=5))
+    config = write_config(
+        tmp_path, tiny_bert, {"train": str(train), "labelColumn": "score", "validationSplit": 0.25},
+        task={"type": "regression"}, hp={"epochs": 6},
+    )
+    m = train_in_process(config)
+    v = m["validation"]
+    assert {"mse", "mae", "pearson", "spearman"} <= set(v)
+    assert v["pearson"] > 0.8, v
+    assert m["best_metric"]["name"] == "mse"
+
+
+def test_multi_label(tmp_path, tiny_bert):
+    train = write_csv(tmp_path / "topics.csv", multilabel_rows(300, seed=6))
+    config = write_config(
+        tmp_path, tiny_bert, {"train": str(train), "labelColumn": "labels", "validationSplit": 0.2},
+        task={"type": "multi_label_classification"}, hp={"epochs": 15},
+    )
+    m = train_in_process(config)
+    assert m["labels"] == ["food", "money", "sport"]
+    v = m["validation"]
+    assert v["f1_micro"] > 0.85 and v["f1_macro"] > 0.85, v
+    assert set(v["per_class"]) == {"food", "money", "sport"}
+
+
+def test_sentence_pairs(tmp_path, tiny_bert):
+    train = write_csv(tmp_path / "pairs.csv", pair_rows(200, seed=7))
+    config = write_config(
+        tmp_path, tiny_bert,
+        {"train": str(train), "textColumn": "premise", "textPairColumn": "hypothesis", "validationSplit": 0.2},
+        hp={"maxSteps": 6},
+    )
+    m = train_in_process(config)
+    assert m["labels"] == ["different", "same"]
+    assert len(m["validation"]["confusion_matrix"]) == 2
+    # The model saw both segments: token type ids 1 mark the second text.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "out" / "model")
+    assert 1 in tok("a b", "c d")["token_type_ids"]
