@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from finetune_trainer.config import DatasetSpec, DataFormat, Hyperparameters, TaskSpec, TaskType, Truncation
+from finetune_trainer.config import DataFormat, DatasetSpec, Hyperparameters, TaskSpec, TaskType, Truncation
 from finetune_trainer.errors import InputError
 from finetune_trainer.sources import local_files
 
@@ -103,6 +103,8 @@ def load_split(source: str, spec: DatasetSpec, field_name: str, cache_dir: Path)
         raise
     except Exception as e:  # datasets wraps parser errors in many types; all mean "this file is not readable"
         cause = e.__cause__ or e
+        if "corresponds to no data" in str(cause) or "No columns to parse" in str(cause):
+            raise InputError(f"{field_name}: {source} has no rows") from None
         raise InputError(f"{field_name}: cannot read {source}: {type(cause).__name__}: {cause}".strip()) from None
     columns = ds.column_names
     wanted = {"textColumn": spec.text_column, "labelColumn": spec.label_column}
