@@ -16,6 +16,7 @@ GPU memory and utilization are read at scrape time when CUDA is available, and l
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -48,7 +49,8 @@ class TrainingMetrics:
         port: port for ``start_server``; None or 0 means no HTTP server.
         registry: where the metrics live; a fresh registry (with process and GC metrics) by default, so
             several instances in one process never clash.
-        addr: address the HTTP server binds; all interfaces by default, so Prometheus can reach a pod.
+        addr: address the HTTP server binds; by default ``FINETUNE_METRICS_ADDR`` or all interfaces (so
+            Prometheus can reach a pod). Tests set it to 127.0.0.1.
     """
 
     def __init__(
@@ -58,7 +60,7 @@ class TrainingMetrics:
         port: int | None = None,
         registry: CollectorRegistry | None = None,
         *,
-        addr: str = "0.0.0.0",
+        addr: str | None = None,
     ) -> None:
         if not isinstance(job, str) or not job:
             raise ValueError(f"TrainingMetrics job: expected a non-empty FineTuneJob name, got {job!r}")
@@ -66,7 +68,8 @@ class TrainingMetrics:
             raise ValueError(f"TrainingMetrics rank: expected an integer >= 0, got {rank!r}")
         if port is not None and (not isinstance(port, int) or not 0 <= port <= 65535):
             raise ValueError(f"TrainingMetrics port: expected None or an integer in 0..65535, got {port!r}")
-        self.job, self.rank, self.port, self.addr = job, rank, port or None, addr
+        self.job, self.rank, self.port = job, rank, port or None
+        self.addr = addr or os.environ.get("FINETUNE_METRICS_ADDR") or "0.0.0.0"
         if registry is None:
             registry = CollectorRegistry()
             for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):

@@ -1,0 +1,57 @@
+"""The operator's Role (manifests/rbac.yaml, rendered from the chart) grants exactly finetune_operator.rbac."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from finetune_operator.rbac import OPERATOR_RULES, grants, required_rules
+
+RBAC = Path(__file__).resolve().parents[2] / "manifests" / "rbac.yaml"
+
+
+def role() -> dict:
+    (found,) = [d for d in yaml.safe_load_all(RBAC.read_text()) if d and d["kind"] == "Role"]
+    return found
+
+
+def test_role_grants_exactly_the_required_rules() -> None:
+    want = grants([r.to_dict() for r in required_rules(clusterwide=False, peering=False)])
+    have = grants(role()["rules"])
+    assert have - want == set(), f"granted but not needed: {sorted(have - want)}"
+    assert want - have == set(), f"needed but not granted: {sorted(want - have)}"
+
+
+def test_no_secret_access_and_no_wildcards() -> None:
+    have = grants(role()["rules"])
+    assert not any(resource == "secrets" for _, resource, _ in have), (
+        "pods mount Secrets; the operator never reads them"
+    )
+    assert not any("*" in triple for triple in have)
+
+
+def test_what_the_operator_does_is_granted() -> None:
+    have = grants([r.to_dict() for r in OPERATOR_RULES])
+    for need in [
+        ("finetune.dev", "finetunejobs", "watch"),
+        ("finetune.dev", "finetunejobs/status", "patch"),
+        ("", "pods", "create"),
+        ("", "pods", "delete"),
+        ("", "pods/log", "get"),
+        ("", "services", "create"),
+        ("", "configmaps", "create"),
+        ("", "events", "create"),
+        ("events.k8s.io", "events", "create"),
+    ]:
+        assert need in have, need
+
+
+def test_cluster_permissions_only_when_clusterwide_or_peering() -> None:
+    namespaced = grants([r.to_dict() for r in required_rules(clusterwide=False, peering=False)])
+    clusterwide = grants([r.to_dict() for r in required_rules(clusterwide=True, peering=False)])
+    assert not any(resource in {"namespaces", "customresourcedefinitions"} for _, resource, _ in namespaced)
+    assert ("", "namespaces", "watch") in clusterwide
+    assert ("apiextensions.k8s.io", "customresourcedefinitions", "list") in clusterwide
+    peering = grants([r.to_dict() for r in required_rules(clusterwide=False, peering=True)])
+    assert peering - namespaced == {("kopf.dev", "kopfpeerings", v) for v in ("get", "list", "watch", "patch")}
