@@ -146,10 +146,29 @@ def test_operator_pod_is_hardened_and_probed(rendered: tuple[str, list[dict]]) -
         assert "--peering=finetune-operator" in args and "--standalone" not in args
     else:
         assert "--standalone" in args and deploy["spec"]["replicas"] == 1
+    env = {e["name"]: e.get("value") for e in container["env"]}
     if namespaces is None:
-        assert "--all-namespaces" in args
+        assert "--all-namespaces" in args and env["FINETUNE_NAMESPACES"] == ""
     else:
         assert [a.split("=", 1)[1] for a in args if a.startswith("--namespace=")] == namespaces
+        assert env["FINETUNE_NAMESPACES"] == ",".join(namespaces)
+    assert env["FINETUNE_METRICS_PORT"] == "9090" and env["FINETUNE_TRAINER_METRICS_PORT"] == "9400"
+    assert env.get("FINETUNE_PEERING") == ("finetune-operator" if peering else None)
+
+
+def test_operator_reads_storage_credentials_from_a_secret(helm_bin: str) -> None:
+    objs = helm_template(
+        helm_bin,
+        *("--set", "storage.default=s3://ckpt/jobs", "--set", "storage.s3.endpoint=http://minio.storage:9000"),
+        *("--set", "storage.s3.credentialsSecret=s3-credentials", "--set", "trainer.image.tag=1.2.3"),
+    )
+    (deploy,) = [o for o in objs if o["kind"] == "Deployment"]
+    env = {e["name"]: e for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FINETUNE_DEFAULT_STORAGE"]["value"] == "s3://ckpt/jobs"
+    assert env["FINETUNE_S3_ENDPOINT_URL"]["value"] == "http://minio.storage:9000"
+    assert env["FINETUNE_TRAINER_IMAGE"]["value"] == "ghcr.io/finetune-operator/trainer:1.2.3"
+    for var, key in (("AWS_ACCESS_KEY_ID", "accessKey"), ("AWS_SECRET_ACCESS_KEY", "secretKey")):
+        assert env[var]["valueFrom"] == {"secretKeyRef": {"name": "s3-credentials", "key": key}}
 
 
 def test_monitoring_objects_select_what_they_should(helm_bin: str) -> None:

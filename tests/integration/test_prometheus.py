@@ -161,7 +161,7 @@ def test_prometheus_scrapes_a_real_two_process_training(
     }  # fmt: skip
     (tmp_path / "job.json").write_text(json.dumps(config))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env["FINETUNE_METRICS_ADDR"] = "127.0.0.1"
+    env["FINETUNE_METRICS_ADDRESS"] = "127.0.0.1"
     log = (tmp_path / "torchrun.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",

@@ -49,7 +49,7 @@ class TrainingMetrics:
         port: port for ``start_server``; None or 0 means no HTTP server.
         registry: where the metrics live; a fresh registry (with process and GC metrics) by default, so
             several instances in one process never clash.
-        addr: address the HTTP server binds; by default ``FINETUNE_METRICS_ADDR`` or all interfaces (so
+        addr: address the HTTP server binds; by default ``FINETUNE_METRICS_ADDRESS`` or all interfaces (so
             Prometheus can reach a pod). Tests set it to 127.0.0.1.
     """
 
@@ -69,7 +69,7 @@ class TrainingMetrics:
         if port is not None and (not isinstance(port, int) or not 0 <= port <= 65535):
             raise ValueError(f"TrainingMetrics port: expected None or an integer in 0..65535, got {port!r}")
         self.job, self.rank, self.port = job, rank, port or None
-        self.addr = addr or os.environ.get("FINETUNE_METRICS_ADDR") or "0.0.0.0"
+        self.addr = addr or os.environ.get("FINETUNE_METRICS_ADDRESS") or "0.0.0.0"
         if registry is None:
             registry = CollectorRegistry()
             for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
