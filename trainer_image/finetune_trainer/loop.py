@@ -135,6 +135,8 @@ class Trainer:
         self.stop_requested = False
         self.ckpt = self._checkpoints()
         self.metrics = self._metrics()
+        if self.ckpt is not None:
+            self.ckpt.on_saved = lambda s: self.metrics.observe_checkpoint(seconds=s.blocked_seconds, nbytes=s.bytes)
         sink = None
         if self.ckpt is not None:
             store = self.ckpt.storage
@@ -222,7 +224,6 @@ class Trainer:
     def save_checkpoint(self, *, blocking: bool = False, metric: float | None = None) -> None:
         if self.ckpt is None:
             return
-        started = time.monotonic()
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -237,7 +238,6 @@ class Trainer:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
         self.ckpt.save(self.state.step, state, rank_state=rank_state, metric=metric, blocking=blocking)
-        self.metrics.observe_checkpoint(seconds=time.monotonic() - started, nbytes=0)
 
     # --- the loop ----------------------------------------------------------------------------------------
 
