@@ -1,6 +1,7 @@
 """Shared test configuration: fixtures live in tests/fixtures/, one module per real part."""
 
 pytest_plugins = [
+    "tests.fixtures.kube",
     "tests.fixtures.models",
     "tests.fixtures.observability",
     "tests.fixtures.s3",
