@@ -40,6 +40,7 @@ AUTH_CODES = {
 }
 NO_BUCKET_CODES = {"NoSuchBucket"}
 NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
 CONFLICT_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 
 
@@ -293,10 +294,14 @@ def read_secret_dir(path: Path) -> dict[str, str]:
     return out
 
 
-def _is_connection_error(exc: BaseException) -> bool:
+def _is_transient(exc: BaseException) -> bool:
+    """Connection failures, throttling and 5xx: what a server that is down, restarting or busy returns."""
+    from botocore.exceptions import ClientError, HTTPClientError, ReadTimeoutError
     from botocore.exceptions import ConnectionError as BotoConnectionError
-    from botocore.exceptions import HTTPClientError, ReadTimeoutError
 
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or exc.response.get("Error", {}).get("Code") in THROTTLE_CODES
     return isinstance(exc, (BotoConnectionError, HTTPClientError, ReadTimeoutError, ConnectionError))
 
 
@@ -383,7 +388,7 @@ class S3Storage:
         return StorageError(f"{what} {target} at {self._where()}: {detail}", code or str(status))
 
     def _call(self, what: str, key: str | None, fn: Callable[[], T]) -> T:
-        """Run ``fn``; retry connection errors with exponential backoff and full jitter until the deadline.
+        """Run ``fn``; retry transient errors with exponential backoff and full jitter until the deadline.
 
         botocore already retries throttling, 5xx and short connection blips (``retry_mode``); this loop
         rides out longer outages (a restarting S3 server) within ``retry_deadline_s``. Auth and missing
@@ -394,7 +399,7 @@ class S3Storage:
             try:
                 return fn()
             except Exception as exc:
-                if not _is_connection_error(exc):
+                if not _is_transient(exc):
                     raise self._error(what, key, exc) from None
                 attempt += 1
                 elapsed = time.monotonic() - start
@@ -403,15 +408,15 @@ class S3Storage:
                     target = f"{self.url}/{key}" if key else self.url
                     raise StorageError(
                         f"{what} {target}: cannot reach {self._where()} after {attempt} attempts in "
-                        f"{elapsed:.1f}s ({type(exc).__name__}); check the endpoint URL "
+                        f"{elapsed:.1f}s ({self._redact(str(exc))}); check the endpoint URL "
                         "(FINETUNE_S3_ENDPOINT_URL/AWS_ENDPOINT_URL), that the server is up and the network path"
                     ) from None
                 self.retries += 1
                 log.warning(
-                    "%s %s: S3 unreachable (%s), retry %d in %.1fs",
+                    "%s %s: S3 unavailable (%s), retry %d in %.1fs",
                     what,
                     key or self.url,
-                    type(exc).__name__,
+                    self._redact(str(exc)),
                     attempt,
                     delay,
                 )

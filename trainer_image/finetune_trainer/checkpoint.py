@@ -1,0 +1,524 @@
+"""Atomic, resumable checkpoints on a :class:`~finetune_trainer.storage.Storage`.
+
+Layout under the base URL, one prefix per step::
+
+    checkpoint-00000200/state.pt          replicated state (model, optimizer, scheduler, scaler, trainer dict); rank 0
+    checkpoint-00000200/rank-00001.pt     per-rank state (RNG states); every rank writes its own
+    checkpoint-00000200/done-00001.json   rank 1's objects with size and sha256, written after its uploads
+    checkpoint-00000200/manifest.json     written LAST by rank 0, once every rank's done marker is there
+
+A checkpoint exists only once its manifest does, and :meth:`CheckpointManager.latest` also checks every
+object's size and sha256 against it, so an interrupted or corrupted save is never resumed from.
+
+``save()`` copies the state to CPU memory (the only part the training loop waits for) and uploads in one
+background thread; the next ``save()`` waits for the previous upload. The background thread uses no
+torch.distributed collectives: ranks meet through done markers in storage. All ranks of one save share a
+``save_id`` (broadcast once in ``save()``, on the caller's thread), so a marker left by an earlier,
+interrupted attempt at the same step is never mistaken for the current one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import math
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from finetune_trainer.storage import NotFoundError, Storage, open_storage
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+STATE = "state.pt"
+PREFIX_RE = re.compile(r"^checkpoint-(\d{8,})/")
+METRIC_MODES = ("max", "min")
+
+
+def checkpoint_prefix(step: int) -> str:
+    return f"checkpoint-{step:08d}"
+
+
+def rank_file(rank: int) -> str:
+    return f"rank-{rank:05d}.pt"
+
+
+def done_marker(rank: int) -> str:
+    return f"done-{rank:05d}.json"
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be saved or loaded; the message names it and says what to check."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint's manifest is missing or invalid, or an object does not match it."""
+
+
+@dataclass
+class CheckpointInfo:
+    step: int
+    key: str  # the checkpoint's prefix, e.g. "checkpoint-00000200"
+    metric: float | None
+    manifest: dict
+
+
+@dataclass
+class SaveStats:
+    """Timings and sizes of one save on one rank, for metrics (``on_saved`` callback, ``last_stats``)."""
+
+    step: int
+    rank: int
+    blocked_seconds: float = 0.0  # how long save() held the training loop (incl. waiting for the previous upload)
+    wait_seconds: float = 0.0  # of which: waiting for the previous upload
+    snapshot_seconds: float = 0.0  # of which: copying the state to CPU memory
+    upload_seconds: float = 0.0  # background: serialize + hash + upload + commit
+    transfer_seconds: float = 0.0  # of upload_seconds: in storage put calls
+    bytes: int = 0  # bytes this rank uploaded
+    committed: bool = False  # rank 0: the manifest is written
+    objects: list[dict] = field(default_factory=list)
+
+
+class _HashingWriter:
+    """File wrapper that hashes and counts what torch.save writes, saving a second pass over the file."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def snapshot(obj: Any) -> Any:
+    """A deep copy with every tensor copied to CPU memory, so training can go on changing the originals."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, OrderedDict):
+        return OrderedDict((k, snapshot(v)) for k, v in obj.items())
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [snapshot(v) for v in obj]
+    if type(obj) is tuple:
+        return tuple(snapshot(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    sha, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(8 * 1024 * 1024):
+            sha.update(chunk)
+            size += len(chunk)
+    return size, sha.hexdigest()
+
+
+def _safe_globals() -> list:
+    """numpy types found in RNG states; allowed so loads can stay ``weights_only=True``."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64, np.float32, np.bool_)]
+    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype, *dtypes]
+
+
+def _torch_load(path: Path, map_location: Any) -> Any:
+    import torch
+
+    with torch.serialization.safe_globals(_safe_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+class CheckpointManager:
+    """Save, find, load and prune checkpoints under ``url`` for one rank of a (possibly distributed) job.
+
+    Args:
+        url: base URL (``s3://bucket/prefix``, ``file:///path`` or a path).
+        rank, world_size: this process's place in the job; every rank calls ``save()`` at the same steps.
+        keep_last: committed checkpoints to keep; plus the best by metric when ``keep_best``.
+        metric_mode: ``max`` or ``min``: which metric value is best.
+        staging_dir: local scratch for serialized files (default: a temporary directory).
+        storage: an opened storage (default: ``open_storage(url)``).
+        on_saved: called with :class:`SaveStats` once a save's upload finished (from the upload thread).
+        commit_timeout_s: how long rank 0 waits for the other ranks' uploads before failing the save.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        keep_last: int = 2,
+        keep_best: bool = True,
+        metric_mode: str = "max",
+        staging_dir: Path | None = None,
+        storage: Storage | None = None,
+        on_saved: Callable[[SaveStats], None] | None = None,
+        commit_timeout_s: float = 600.0,
+        poll_interval_s: float = 0.2,
+    ) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise CheckpointError(f"checkpoint rank {rank} / world_size {world_size}: expected 0 <= rank < world_size")
+        if keep_last < 1:
+            raise CheckpointError(f"checkpoint keep_last={keep_last}: expected at least 1")
+        if metric_mode not in METRIC_MODES:
+            raise CheckpointError(f"checkpoint metric_mode={metric_mode!r}: expected 'max' or 'min'")
+        self.storage = storage if storage is not None else open_storage(url)
+        self.url = self.storage.url
+        self.rank, self.world_size = rank, world_size
+        self.keep_last, self.keep_best, self.metric_mode = keep_last, keep_best, metric_mode
+        self.on_saved = on_saved
+        self.commit_timeout_s, self.poll_interval_s = commit_timeout_s, poll_interval_s
+        self._owns_staging = staging_dir is None
+        base = Path(tempfile.mkdtemp(prefix="finetune-ckpt-")) if staging_dir is None else Path(staging_dir)
+        self.staging = base if staging_dir is None else base / f"rank-{rank:05d}"
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-upload")
+        self._pending: Future | None = None
+        self._verified: dict[str, dict[str, Path]] = {}  # prefix -> downloaded, verified files
+        self._manifests: dict[int, dict] = {}  # step -> manifest, for retention
+        self.last_stats: SaveStats | None = None
+
+    def __repr__(self) -> str:
+        return f"CheckpointManager({self.url!r}, rank={self.rank}, world_size={self.world_size})"
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------------ save
+
+    def save(
+        self,
+        step: int,
+        state: dict[str, Any],
+        *,
+        rank_state: dict[str, Any] | None = None,
+        metric: float | None = None,
+        blocking: bool = False,
+    ) -> SaveStats:
+        """Checkpoint ``step``: a collective call, made by every rank at the same step.
+
+        Only rank 0 writes ``state`` (identical on all ranks under DDP); each rank writes its own
+        ``rank_state``. Returns this save's stats; with ``blocking=False`` the upload fields fill in when
+        the background upload ends.
+
+        Raises:
+            CheckpointError / StorageError: the previous background save failed (raised once, here or in
+            ``wait()``), or with ``blocking=True`` this one did.
+        """
+        if step < 0:
+            raise CheckpointError(f"checkpoint step {step}: expected >= 0")
+        if metric is not None and not math.isfinite(metric):
+            log.warning("checkpoint step %d: metric %r is not finite; saved without a metric", step, metric)
+            metric = None
+        start = time.perf_counter()
+        self.wait()
+        stats = SaveStats(step=step, rank=self.rank, wait_seconds=time.perf_counter() - start)
+        save_id = self._save_id()
+        t = time.perf_counter()
+        state_copy = snapshot(state) if self.rank == 0 else None
+        rank_copy = snapshot(rank_state) if rank_state is not None else None
+        stats.snapshot_seconds = time.perf_counter() - t
+
+        def job() -> SaveStats:
+            self._upload(step, save_id, state_copy, rank_copy, metric, stats)
+            self.last_stats = stats
+            if self.on_saved is not None:
+                self.on_saved(stats)
+            return stats
+
+        if blocking:
+            self._upload(step, save_id, state_copy, rank_copy, metric, stats)
+            stats.blocked_seconds = time.perf_counter() - start
+            self.last_stats = stats
+            if self.on_saved is not None:
+                self.on_saved(stats)
+        else:
+            stats.blocked_seconds = time.perf_counter() - start
+            self._pending = self._executor.submit(job)
+        return stats
+
+    def wait(self) -> None:
+        """Wait for the in-flight upload, if any, and re-raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Finish the in-flight upload, stop the upload thread and remove local scratch files."""
+        try:
+            self.wait()
+        finally:
+            self._executor.shutdown(wait=True)
+            if self._owns_staging:
+                shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _save_id(self) -> str:
+        """One id shared by all ranks of this save (rank 0's, broadcast on the caller's thread)."""
+        token = uuid.uuid4().hex
+        if self.world_size == 1:
+            return token
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise CheckpointError(
+                f"checkpoint with world_size={self.world_size} needs torch.distributed initialised "
+                "(init_process_group) before save()"
+            )
+        box = [token]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _upload(
+        self, step: int, save_id: str, state: Any, rank_state: Any, metric: float | None, stats: SaveStats
+    ) -> None:
+        start = time.perf_counter()
+        prefix = checkpoint_prefix(step)
+        objects = []
+        if state is not None:
+            objects.append(self._put_object(prefix, STATE, state, stats))
+        if rank_state is not None:
+            objects.append(self._put_object(prefix, rank_file(self.rank), rank_state, stats))
+        del state, rank_state  # free the CPU copies before waiting on other ranks
+        if self.rank == 0:
+            objects += self._gather_markers(prefix, save_id)
+            manifest = {
+                "format": FORMAT,
+                "step": step,
+                "metric": metric,
+                "world_size": self.world_size,
+                "save_id": save_id,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "objects": objects,
+            }
+            self.storage.put_bytes(f"{prefix}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
+            self._manifests[step] = manifest
+            stats.committed = True
+            log.info(
+                "checkpoint %s/%s committed: %d objects, %.1f MB from this rank in %.1fs",
+                self.url, prefix, len(objects), stats.bytes / 1e6, time.perf_counter() - start,
+            )  # fmt: skip
+            self._retain()
+        else:
+            marker = {"save_id": save_id, "rank": self.rank, "objects": objects}
+            self.storage.put_bytes(f"{prefix}/{done_marker(self.rank)}", json.dumps(marker).encode())
+        stats.objects = objects
+        stats.upload_seconds = time.perf_counter() - start
+
+    def _put_object(self, prefix: str, name: str, obj: Any, stats: SaveStats) -> dict:
+        import torch
+
+        local = self.staging / f"{prefix}-{name}"
+        try:
+            with open(local, "wb") as f:
+                writer = _HashingWriter(f)
+                torch.save(obj, writer)
+            t = time.perf_counter()
+            self.storage.put_file(local, f"{prefix}/{name}")
+            stats.transfer_seconds += time.perf_counter() - t
+        finally:
+            local.unlink(missing_ok=True)
+        stats.bytes += writer.size
+        return {"key": name, "size": writer.size, "sha256": writer.sha.hexdigest()}
+
+    def _gather_markers(self, prefix: str, save_id: str) -> list[dict]:
+        """Rank 0: wait until every other rank has uploaded its objects for this save; return them."""
+        waiting = set(range(1, self.world_size))
+        objects: list[dict] = []
+        deadline = time.monotonic() + self.commit_timeout_s
+        while waiting:
+            for rank in sorted(waiting):
+                try:
+                    marker = json.loads(self.storage.get_bytes(f"{prefix}/{done_marker(rank)}"))
+                except NotFoundError:
+                    continue
+                if marker.get("save_id") == save_id:  # else: left by an earlier attempt at this step
+                    objects += marker["objects"]
+                    waiting.discard(rank)
+            if waiting:
+                if time.monotonic() > deadline:
+                    raise CheckpointError(
+                        f"checkpoint {self.url}/{prefix}: rank(s) {sorted(waiting)} did not finish uploading "
+                        f"within {self.commit_timeout_s:.0f}s; see their logs (upload error or crash). "
+                        "The checkpoint stays uncommitted."
+                    )
+                time.sleep(self.poll_interval_s)
+        return objects
+
+    # ------------------------------------------------------------------------------------------- retention
+
+    def _scan(self) -> dict[int, set[str]]:
+        """step -> names of the objects under its prefix."""
+        groups: dict[int, set[str]] = {}
+        for key in self.storage.list("checkpoint-"):
+            if m := PREFIX_RE.match(key):
+                groups.setdefault(int(m.group(1)), set()).add(key[m.end() :])
+        return groups
+
+    def _metric(self, step: int) -> float | None:
+        if step not in self._manifests:
+            try:
+                self._manifests[step] = json.loads(self.storage.get_bytes(f"{checkpoint_prefix(step)}/{MANIFEST}"))
+            except (NotFoundError, ValueError):
+                return None
+        metric = self._manifests[step].get("metric")
+        return float(metric) if isinstance(metric, int | float) else None
+
+    def _retain(self) -> None:
+        """Rank 0, after a commit: keep the last ``keep_last`` + the best; drop older uncommitted prefixes."""
+        groups = self._scan()
+        committed = sorted(step for step, names in groups.items() if MANIFEST in names)
+        if not committed:
+            return
+        keep = set(committed[-self.keep_last :])
+        if self.keep_best:
+            scored = [(m, step) for step in committed if (m := self._metric(step)) is not None]
+            if scored:
+                best = max(scored) if self.metric_mode == "max" else min(scored, key=lambda ms: (ms[0], -ms[1]))
+                keep.add(best[1])
+        drop = [s for s in committed if s not in keep]
+        drop += [s for s in groups if s not in committed and s < committed[-1]]
+        for step in sorted(drop):
+            prefix = checkpoint_prefix(step)
+            names = groups[step]
+            # Manifest first: a half-deleted checkpoint then reads as uncommitted, never as corrupt-but-valid.
+            if MANIFEST in names:
+                self.storage.delete([f"{prefix}/{MANIFEST}"])
+            self.storage.delete(f"{prefix}/{n}" for n in sorted(names - {MANIFEST}))
+            self._manifests.pop(step, None)
+            log.info("checkpoint %s/%s deleted by retention", self.url, prefix)
+
+    # ---------------------------------------------------------------------------------------- find and load
+
+    def latest(self) -> CheckpointInfo | None:
+        """The newest checkpoint whose manifest verifies (size and sha256 of every object), or None.
+
+        Newer checkpoints without a manifest or with a bad object are skipped with a warning naming them.
+        Storage errors (e.g. S3 unreachable) are raised, never taken for a missing checkpoint.
+        """
+        self._drop_verified()
+        groups = self._scan()
+        for step in sorted(groups, reverse=True):
+            prefix = checkpoint_prefix(step)
+            if MANIFEST not in groups[step]:
+                log.warning(
+                    "checkpoint %s/%s has no manifest (interrupted or in-flight save); skipping", self.url, prefix
+                )
+                continue
+            try:
+                info = self._read_manifest(step)
+                self._verify(info)
+                return info
+            except CorruptCheckpointError as e:
+                log.warning("%s; skipping it", e)
+        return None
+
+    def load(self, info: CheckpointInfo, map_location: Any = "cpu") -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Load ``(state, this rank's rank_state)``; rank_state is None when the checkpoint has none for this rank
+        (e.g. it was saved with fewer ranks)."""
+        names = {obj["key"] for obj in info.manifest["objects"]}
+        if STATE not in names:
+            raise CorruptCheckpointError(f"checkpoint {self.url}/{info.key}: manifest lists no {STATE}")
+        wanted = {STATE} | ({rank_file(self.rank)} & names)
+        files = self._verified.get(info.key)
+        if files is None or not wanted <= files.keys():
+            files = self._verify(info, wanted)
+        try:
+            state = _torch_load(files[STATE], map_location)
+            rank_state = (
+                _torch_load(files[rank_file(self.rank)], map_location) if rank_file(self.rank) in files else None
+            )
+        except Exception as e:
+            raise CorruptCheckpointError(f"checkpoint {self.url}/{info.key}: cannot be loaded: {e}") from e
+        finally:
+            self._drop_verified()
+        return state, rank_state
+
+    def _read_manifest(self, step: int) -> CheckpointInfo:
+        prefix = checkpoint_prefix(step)
+        where = f"checkpoint {self.url}/{prefix}/{MANIFEST}"
+        try:
+            manifest = json.loads(self.storage.get_bytes(f"{prefix}/{MANIFEST}"))
+        except NotFoundError:
+            raise CorruptCheckpointError(f"{where}: deleted while reading") from None
+        except ValueError as e:
+            raise CorruptCheckpointError(f"{where}: not valid JSON ({e})") from None
+        objects = manifest.get("objects") if isinstance(manifest, dict) else None
+        valid = (
+            isinstance(objects, list)
+            and manifest.get("step") == step
+            and all(isinstance(o, dict) and {"key", "size", "sha256"} <= o.keys() for o in objects)
+        )
+        if not valid:
+            raise CorruptCheckpointError(f"{where}: not a manifest for step {step} with objects key/size/sha256")
+        metric = manifest.get("metric")
+        return CheckpointInfo(step, prefix, float(metric) if isinstance(metric, int | float) else None, manifest)
+
+    def _verify(self, info: CheckpointInfo, names: set[str] | None = None) -> dict[str, Path]:
+        """Download the manifest's objects (or ``names`` of them) and check size and sha256.
+
+        Keeps the files this rank loads (state and own rank file) for ``load()``; hashes the rest and drops them.
+        """
+        keep = {STATE, rank_file(self.rank)}
+        files: dict[str, Path] = {}
+        folder = self.staging / "verified" / info.key
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            for obj in info.manifest["objects"]:
+                name = obj["key"]
+                if names is not None and name not in names:
+                    continue
+                local = folder / name
+                try:
+                    self.storage.get_file(f"{info.key}/{name}", local)
+                except NotFoundError:
+                    raise CorruptCheckpointError(
+                        f"checkpoint {self.url}/{info.key}: object {name} listed in the manifest is missing"
+                    ) from None
+                size, sha = _file_digest(local)
+                if size != obj["size"] or sha != obj["sha256"]:
+                    raise CorruptCheckpointError(
+                        f"checkpoint {self.url}/{info.key}: object {name} does not match the manifest "
+                        f"(size {size} vs {obj['size']}, sha256 {sha[:12]}... vs {str(obj['sha256'])[:12]}...)"
+                    )
+                if name in keep:
+                    files[name] = local
+                else:
+                    local.unlink()
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self._verified[info.key] = files
+        return files
+
+    def _drop_verified(self) -> None:
+        for prefix in list(self._verified):
+            shutil.rmtree(self.staging / "verified" / prefix, ignore_errors=True)
+            del self._verified[prefix]
+        with contextlib.suppress(OSError):
+            (self.staging / "verified").rmdir()
