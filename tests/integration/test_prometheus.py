@@ -21,6 +21,7 @@ from tests.fixtures.observability import DASHBOARD, ROOT, free_port, helm_templa
 RULES = ROOT / "manifests" / "monitoring" / "alerts.rules.yaml"
 RULE_TESTS = Path(__file__).with_name("test_prometheus_rules.yaml")
 TRAINER_METRIC = re.compile(r"\bfinetune_(train|eval|checkpoint|gpu)_")
+OPERATOR_METRIC = re.compile(r"\bfinetune_operator_")
 ALERTS = {
     "FineTuneJobFailed",
     "FineTuneJobNoProgress",
@@ -61,15 +62,15 @@ def test_promtool_unit_tests_fire_each_alert(promtool_bin: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def trainer_queries(*, gpu: bool) -> list[tuple[str, str]]:
-    """(panel title, PromQL) of every dashboard target about trainer metrics, variables filled in as Grafana
+def panel_queries(pattern: re.Pattern, *, gpu: bool) -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every dashboard target matching ``pattern``, variables filled in as Grafana
     would with "All" selected."""
     dashboard = json.loads(DASHBOARD.read_text())
     out = []
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
             expr = target["expr"]
-            if not TRAINER_METRIC.search(expr) or ("finetune_gpu_" in expr and not gpu):
+            if not pattern.search(expr) or ("finetune_gpu_" in expr and not gpu):
                 continue
             expr = expr.replace("$__rate_interval", "15s").replace("$namespace", ".*").replace("$job", ".*")
             out.append((panel["title"], expr))
@@ -117,7 +118,7 @@ def test_prometheus_scrapes_training_metrics_for_every_panel(prometheus_server) 
     worker.start()
     try:
         prometheus = prometheus_server([f"127.0.0.1:{port}"], labels={"namespace": "ml"}, rule_files=[RULES])
-        queries = trainer_queries(gpu=has_gpu())
+        queries = panel_queries(TRAINER_METRIC, gpu=has_gpu())
         assert len(queries) >= 12
         missing = wait_for_series(prometheus, queries, alive=lambda: True, timeout=40)
         assert not missing, f"dashboard queries with no series: {sorted(missing)}"
@@ -170,7 +171,7 @@ def test_prometheus_scrapes_a_real_two_process_training(
     )  # fmt: skip
     try:
         prometheus = prometheus_server([f"127.0.0.1:{port}", f"127.0.0.1:{second}"], labels={"namespace": "ml"})
-        queries = trainer_queries(gpu=has_gpu())
+        queries = panel_queries(TRAINER_METRIC, gpu=has_gpu())
         missing = wait_for_series(prometheus, queries, alive=lambda: proc.poll() is None, timeout=150)
         if proc.poll() is not None and missing:
             pytest.fail(f"training ended before every panel had data: {sorted(missing)}\n"
@@ -187,3 +188,45 @@ def test_prometheus_scrapes_a_real_two_process_training(
                 os.killpg(proc.pid, 9)
                 proc.wait()
         log.close()
+
+
+@pytest.mark.slow
+def test_prometheus_scrapes_the_operator_for_every_operator_panel(prometheus_server) -> None:
+    """The operator's metrics module, served as the operator serves it, feeds every operator panel."""
+    operator_metrics = pytest.importorskip("finetune_operator.metrics", reason="operator metrics not written yet")
+    from prometheus_client import CollectorRegistry
+
+    metrics = operator_metrics.OperatorMetrics(CollectorRegistry())
+    metrics.watch_jobs(lambda: [("ml", "Running"), ("ml", "Failed"), ("ml", "Succeeded")])
+    port = free_port()
+    server = metrics.serve(port, "127.0.0.1")
+    stop = threading.Event()
+
+    def reconcile() -> None:
+        while not stop.is_set():
+            metrics.reconcile_duration.observe(0.02)
+            metrics.publish_duration.observe(42)
+            metrics.restarts.labels("ml", "sentiment").inc()
+            metrics.publish_failures.labels("ml", "sentiment").inc()
+            stop.wait(0.2)
+
+    worker = threading.Thread(target=reconcile, daemon=True)
+    worker.start()
+    try:
+        prometheus = prometheus_server([f"127.0.0.1:{port}"])
+        queries = panel_queries(OPERATOR_METRIC, gpu=False)
+        info = [(title, expr) for title, expr in queries if "finetune_operator_job_info" in expr]
+        others = [q for q in queries if q not in info]
+        missing = wait_for_series(prometheus, others, alive=lambda: True, timeout=30)
+        assert not missing, f"operator panels with no series: {sorted(missing)}"
+        (failed,) = prometheus.query('finetune_operator_jobs{phase="Failed"}')
+        assert failed["metric"]["namespace"] == "ml" and failed["value"][1] == "1"
+        # Everything above was scraped already: job_info, when the operator exports it, is there too.
+        if any(not prometheus.query(expr) for _, expr in info):
+            pytest.skip("finetune_operator_job_info{namespace,job,phase} is not exported yet: the Jobs table and "
+                        "the FineTuneJobFailed/FineTuneJobNoProgress alerts need it")  # fmt: skip
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+        server.shutdown()
+        server.server_close()
