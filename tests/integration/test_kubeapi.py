@@ -320,6 +320,10 @@ def test_label_and_field_selectors(kube_api: KubeApi, core: client.CoreV1Api) ->
     assert names(field_selector="metadata.name!=c,metadata.namespace=" + ns) == ["a", "b", "d"]
     everywhere = core.list_config_map_for_all_namespaces(field_selector=f"metadata.namespace={ns}").items
     assert sorted(i.metadata.name for i in everywhere if i.metadata.name in "abcd") == ["a", "b", "c", "d"]
+    page = core.list_namespaced_config_map(ns, limit=3)
+    assert len(page.items) == 3 and page.metadata._continue
+    rest = core.list_namespaced_config_map(ns, limit=3, _continue=page.metadata._continue)
+    assert {i.metadata.name for i in page.items + rest.items} >= {"a", "b", "c", "d"}
     with pytest.raises(ApiException) as exc:
         core.list_namespaced_config_map(ns, field_selector="data.k=v")
     assert exc.value.status == 400
@@ -455,6 +459,10 @@ def test_garbage_collection_cascades_through_owner_references(kube_api: KubeApi,
     core.delete_namespaced_config_map("other-owner", ns, propagation_policy="Orphan")
     eventually(lambda: "other-owner" not in left(), timeout=30, what="orphaning owner deleted")
     assert not core.read_namespaced_config_map("orphan-me", ns).metadata.owner_references
+    first = core.create_namespaced_config_map(ns, configmap("foreground", finalizers=[]))
+    core.create_namespaced_config_map(ns, configmap("fg-child", ownerReferences=[_owner_ref(first)]))
+    core.delete_namespaced_config_map("foreground", ns, propagation_policy="Foreground")
+    eventually(lambda: {"foreground", "fg-child"}.isdisjoint(left()), timeout=30, what="foreground deletion")
 
 
 def test_deleting_a_namespace_removes_its_objects(kube_api: KubeApi, core: client.CoreV1Api) -> None:
@@ -700,6 +708,8 @@ def test_real_kopf_operator_reconciles_against_this_api(kube_api: KubeApi, widge
         assert child.data == {"size": "4"}
         assert [(r.kind, r.name, r.uid) for r in child.metadata.owner_references] == \
             [(widgets.kind, "res", obj["metadata"]["uid"])]  # fmt: skip
+        if kube_api.stand_in:
+            assert kube_api.drop_watches(abrupt=True) >= 1  # kopf must reconnect and still see the deletion
         eventually(lambda: [e for e in core.list_namespaced_event(ns).items if e.reason == "ChildCreated"],
                    timeout=30, what="event posted")  # fmt: skip
         widgets.custom.delete_namespaced_custom_object(GROUP, "v1", ns, widgets.plural, "res")
