@@ -201,6 +201,10 @@ class FineTuneJobStatus(Section):
     checkpoint: str | None = None
     model: ModelStatus | None = None
     message: str | None = None
+    reason: str | None = None
+    retry_after: str | None = Field(None, description="Earliest time the next worker group may start.")
+    export_attempt: int = 0
+    export_start_time: str | None = None
 
 
 class Metadata(Section):

@@ -1,0 +1,237 @@
+"""The I/O around the phase machine: one loop per FineTuneJob that observes, decides and acts.
+
+Each job gets one kopf daemon running :meth:`Controller.run`: it observes the job's pods (kopf's in-memory pod
+index, fed by a watch), its progress.json on the checkpoint storage and, when publishing, the served model;
+calls :func:`lifecycle.reconcile`; creates and deletes children; posts events; patches status. It runs again
+whenever one of the job's pods or its spec changes, and every FINETUNE_POLL_SECONDS. One loop per job means
+no two reconciles of a job ever race, and the loop keeps the status it wrote (the watch may lag behind it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from finetune_operator import api, lifecycle, publish, resources
+from finetune_operator.kube import Kube, KubeError
+from finetune_operator.metrics import METRICS, OperatorMetrics
+from finetune_operator.settings import Settings
+from finetune_trainer.config import ConfigError
+
+log = logging.getLogger("finetune_operator")
+PROGRESS_KEY = "progress.json"
+RECREATE_AFTER = 30.0  # seconds before a created-but-unseen child is created again
+
+
+@dataclass
+class JobMemory:
+    """What one job's loop remembers between reconciles (lost on restart, which is harmless)."""
+
+    status: dict[str, Any]
+    created: dict[str, float] = field(default_factory=dict)
+    deleted: dict[str, float] = field(default_factory=dict)
+    progress_read: float = 0.0
+    progress: dict[str, Any] | None = None
+    logs: dict[str, str] = field(default_factory=dict)
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch turning ``old`` into ``new`` at the top level (removed fields become null)."""
+    patch = {k: v for k, v in new.items() if old.get(k) != v}
+    patch.update({k: None for k in old if k not in new})
+    return patch
+
+
+class Controller:
+    """Per-job reconcile loops plus the hooks kopf's handlers call."""
+
+    def __init__(self, settings: Settings, metrics: OperatorMetrics = METRICS, kube: Kube | None = None):
+        self.settings = settings
+        self.metrics = metrics
+        self._kube = kube
+        self.wakeups: dict[tuple[str, str], asyncio.Event] = {}
+        self.generations: dict[tuple[str, str], int] = {}
+        self._storages: dict[str, Any] = {}
+
+    @property
+    def kube(self) -> Kube:
+        if self._kube is None:
+            self._kube = Kube()
+        return self._kube
+
+    async def close(self) -> None:
+        if self._kube is not None:
+            await self._kube.close()
+
+    # --- hooks for handlers -------------------------------------------------------------------------------
+
+    def wake(self, namespace: str, name: str) -> None:
+        event = self.wakeups.get((namespace, name))
+        if event is not None:
+            event.set()
+
+    def job_changed(self, namespace: str, name: str, generation: int, deleting: bool) -> None:
+        """Wake a job's loop when its spec changed (not for its own status writes)."""
+        key = (namespace, name)
+        if deleting or self.generations.get(key, generation) != generation:
+            self.wake(namespace, name)
+        self.generations[key] = generation
+
+    # --- the loop -----------------------------------------------------------------------------------------
+
+    async def run(self, body: kopf.Body, pods: Mapping[Any, Iterable[lifecycle.PodView]], stopped: Any) -> None:
+        """Reconcile one job until kopf stops this daemon (the job is deleted or the operator exits)."""
+        key = (body.metadata.namespace, body.metadata.name)
+        event = self.wakeups.setdefault(key, asyncio.Event())
+        memory = JobMemory(status=copy.deepcopy(dict(body.get("status") or {})))
+        try:
+            while not stopped:
+                event.clear()
+                started = time.monotonic()
+                requeue = None
+                try:
+                    requeue = await self.step(body, list(pods.get(key, ())), memory)
+                except (TimeoutError, KubeError, OSError) as e:
+                    log.warning("reconcile of %s/%s failed, retrying: %s", *key, e)
+                finally:
+                    self.metrics.reconcile_duration.observe(time.monotonic() - started)
+                timeout = self.settings.poll_seconds if requeue is None else min(requeue, self.settings.poll_seconds)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(event.wait(), timeout)
+        finally:
+            if self.wakeups.get(key) is event:
+                del self.wakeups[key]
+
+    async def step(self, body: kopf.Body, pods: list[lifecycle.PodView], memory: JobMemory) -> float | None:
+        meta = body.metadata
+        job_meta = lifecycle.JobMeta(meta.name, meta.namespace, meta.uid, int(meta.get("generation") or 1))
+        spec = copy.deepcopy(dict(body.spec))
+        job = _parse(job_meta, spec)
+        pods = [await self.with_log_tail(meta.namespace, p, memory) for p in pods]
+        phase = memory.status.get("phase")
+        progress = None
+        if job is not None and phase in lifecycle.TRAINING:
+            finishing = any(p.component == resources.TRAINER and p.phase == "Succeeded" for p in pods)
+            progress = await self.read_progress(job, memory, force=finishing)
+        served = None
+        if job is not None and lifecycle.wants_confirmation(memory.status, pods):
+            serving = job.spec.serving
+            name = serving.model_name or job.metadata.name
+            served = await asyncio.to_thread(publish.confirm, serving.triton_url, name)
+        now = datetime.now(UTC)
+        observed = lifecycle.Observed(pods=pods, progress=progress, served=served)
+        decision = lifecycle.reconcile(job_meta, spec, memory.status, observed, now, self.settings)
+        await self.apply(body, job_meta, decision, memory)
+        return decision.requeue
+
+    async def apply(self, body: kopf.Body, meta: lifecycle.JobMeta, decision: lifecycle.Decision,
+                    memory: JobMemory) -> None:  # fmt: skip
+        clock = time.monotonic()
+        for plural, name in decision.delete:
+            if clock - memory.deleted.get(f"{plural}/{name}", -1e9) < RECREATE_AFTER:
+                continue
+            await self.kube.delete(meta.namespace, plural, name)
+            memory.deleted[f"{plural}/{name}"] = clock
+        for obj in decision.create:
+            ref = f"{obj['kind']}/{obj['metadata']['name']}"
+            if clock - memory.created.get(ref, -1e9) < RECREATE_AFTER:
+                continue
+            await self.kube.create(obj)
+            memory.created[ref] = clock
+        patch = status_patch(memory.status, decision.status)
+        if patch:
+            await self.kube.patch_status(meta.namespace, meta.name, patch)
+            memory.status = decision.status
+        for ev in decision.events:
+            kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message[:1000])
+            log.info("%s/%s: %s: %s", meta.namespace, meta.name, ev.reason, ev.message)
+        if decision.restarted:
+            self.metrics.restarts.labels(meta.namespace, meta.name).inc()
+        if decision.publish_failed:
+            self.metrics.publish_failures.labels(meta.namespace, meta.name).inc()
+        if decision.published_seconds is not None:
+            self.metrics.publish_duration.observe(decision.published_seconds)
+
+    async def with_log_tail(self, namespace: str, pod: lifecycle.PodView, memory: JobMemory) -> lifecycle.PodView:
+        """A failed pod without a termination message gets its log tail instead (what FallbackToLogsOnError
+        gives): the trainer's `error:` line and torchrun's root-cause exit code are in it."""
+        if pod.phase != "Failed" or pod.message or not pod.failed_container:
+            return pod
+        if pod.name not in memory.logs:
+            memory.logs[pod.name] = await self.kube.pod_log(namespace, pod.name, pod.failed_container)
+        return dataclasses.replace(pod, message=memory.logs[pod.name])
+
+    # --- progress -----------------------------------------------------------------------------------------
+
+    async def read_progress(self, job: api.FineTuneJob, memory: JobMemory, *, force: bool) -> dict | None:
+        """progress.json beside the job's checkpoints, read at most once per poll interval."""
+        if not force and time.monotonic() - memory.progress_read < self.settings.poll_seconds:
+            return memory.progress
+        url = resources.job_storage(job, self.settings)
+        if url is None:
+            return None
+        memory.progress_read = time.monotonic()
+        memory.progress = await asyncio.to_thread(self._read_progress, url, job)
+        return memory.progress
+
+    def _read_progress(self, url: str, job: api.FineTuneJob) -> dict | None:
+        from finetune_trainer.storage import NotFoundError, StorageError
+
+        try:
+            raw = self._storage(url, job).get_bytes(PROGRESS_KEY)
+        except NotFoundError:
+            return None
+        except StorageError as e:
+            log.warning("%s/%s: cannot read %s: %s", job.metadata.namespace, job.metadata.name, PROGRESS_KEY, e)
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _storage(self, url: str, job: api.FineTuneJob) -> Any:
+        from finetune_trainer.storage import S3Config, open_storage
+
+        if url not in self._storages:
+            config = None
+            if url.startswith("s3://"):
+                s3 = job.spec.checkpoint.s3
+                overrides: dict[str, Any] = {}
+                if s3 is not None and s3.endpoint:
+                    overrides["endpoint_url"] = s3.endpoint
+                if s3 is not None and s3.region:
+                    overrides["region"] = s3.region
+                config = S3Config.from_env(env=self.settings.s3_env, **overrides)
+            self._storages[url] = open_storage(url, config=config, check=False)
+        return self._storages[url]
+
+    # --- deletion -----------------------------------------------------------------------------------------
+
+    async def cleanup(self, namespace: str, name: str) -> int:
+        """Delete every child of a job being deleted (ownerReferences would too, later); returns how many."""
+        selector = f"{resources.JOB_LABEL}={name},{resources.NAME_LABEL}={resources.APP}"
+        count = 0
+        for plural in ("pods", "configmaps", "services"):
+            for child in await self.kube.list_names(namespace, plural, selector):
+                count += await self.kube.delete(namespace, plural, child)
+        self.generations.pop((namespace, name), None)
+        return count
+
+
+def _parse(meta: lifecycle.JobMeta, spec: dict) -> api.FineTuneJob | None:
+    try:
+        return api.parse_job({"metadata": {"name": meta.name, "namespace": meta.namespace}, "spec": spec})
+    except ConfigError:
+        return None

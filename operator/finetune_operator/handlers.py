@@ -1,0 +1,87 @@
+"""kopf routing only: each handler calls one function elsewhere.
+
+kopf run -m finetune_operator.handlers --standalone --all-namespaces     # or: python -m finetune_operator
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from finetune_operator import admission, api, lifecycle, settings, startup
+from finetune_operator.controller import Controller
+from finetune_operator.metrics import METRICS
+from finetune_operator.resources import APP, JOB_LABEL, NAME_LABEL
+
+SETTINGS = settings.current()
+CONTROLLER = Controller(SETTINGS)
+JOBS = {"group": api.GROUP, "version": api.VERSION, "plural": api.PLURAL}
+CHILD_PODS = {"labels": {NAME_LABEL: APP, JOB_LABEL: kopf.PRESENT}}
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, jobs_by_namespace: kopf.Index, **_: Any) -> None:
+    """Apply every kopf setting and start the /metrics server."""
+    startup.configure(settings, SETTINGS)
+    startup.serve_metrics(METRICS, SETTINGS, jobs_by_namespace)
+
+
+@kopf.on.cleanup()
+async def close(**_: Any) -> None:
+    """Close the API session."""
+    await CONTROLLER.close()
+
+
+@kopf.index(**JOBS)
+def jobs_by_namespace(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict:
+    """Jobs and their phases by namespace, for the jobs-by-phase metric."""
+    return {namespace: (name, status.get("phase"))}
+
+
+@kopf.index("pods", **CHILD_PODS)
+def pods_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    """Each job's pods, summarised, by (namespace, job)."""
+    return {(namespace, labels[JOB_LABEL]): lifecycle.pod_view(dict(body))}
+
+
+@kopf.on.event("pods", **CHILD_PODS)
+def pod_changed(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+    """A child pod changed: reconcile its job now."""
+    CONTROLLER.wake(namespace, labels[JOB_LABEL])
+
+
+@kopf.on.event(**JOBS)
+def job_changed(namespace: str, name: str, meta: kopf.Meta, **_: Any) -> None:
+    """A job's spec changed (suspend, resume, edits): reconcile it now."""
+    CONTROLLER.job_changed(namespace, name, int(meta.get("generation") or 0), bool(meta.get("deletionTimestamp")))
+
+
+@kopf.daemon(**JOBS, cancellation_timeout=2.0)
+async def reconcile(body: kopf.Body, pods_by_job: kopf.Index, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """One reconcile loop per job for as long as it exists."""
+    await CONTROLLER.run(body, pods_by_job, stopped)
+
+
+@kopf.on.delete(**JOBS)
+async def delete_children(namespace: str, name: str, **_: Any) -> None:
+    """The job is being deleted: delete its pods, config maps and service before the finalizer goes."""
+    await CONTROLLER.cleanup(namespace, name)
+
+
+if SETTINGS.webhook_port:
+
+    @kopf.on.validate(**JOBS, id="validate", operations=["CREATE", "UPDATE"])
+    def validate(name: str, namespace: str, spec: kopf.Spec, old: Any, **_: Any) -> None:
+        """Reject specs the schema cannot judge, with messages naming each field."""
+        old = old or {}
+        errors = admission.validate(
+            name,
+            namespace,
+            dict(spec),
+            SETTINGS,
+            old_spec=old.get("spec"),
+            phase=(old.get("status") or {}).get("phase"),
+        )
+        if errors:
+            raise kopf.AdmissionError("; ".join(errors), code=422)

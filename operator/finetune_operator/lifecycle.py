@@ -1,0 +1,545 @@
+"""The phase machine of a FineTuneJob, as one pure function: (spec, observed children, status, now) -> decision.
+
+    Pending ─► Running ─► Exporting ─► Publishing ─► Succeeded
+       │  ▲        │                                  (serving disabled: Running ─► Succeeded)
+       │  │        ▼
+       │  └── Restarting   (a worker failed for a retryable reason: a new attempt resumes from the checkpoint)
+       ▼
+    Suspended (spec.suspend)             Failed (bad input, backoff limit, deadline, publication)
+
+A *worker group* is one attempt: a ConfigMap and one pod per node, all labelled with the attempt number. When
+any worker of the current attempt fails, the whole group is replaced by the next attempt after an exponential
+backoff, until ``backoffLimit`` restarts are spent. Exit code 2 (bad data or spec) is permanent: the job fails
+at once with the trainer's ``error:`` line. The caller (handlers -> reconcile) does all I/O: it observes pods
+and progress.json, asks Triton about the published model, and applies the decision.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from finetune_operator import api, resources
+from finetune_operator.settings import Settings
+from finetune_trainer.config import ConfigError
+
+PENDING, RUNNING, RESTARTING = "Pending", "Running", "Restarting"
+EXPORTING, PUBLISHING = "Exporting", "Publishing"
+SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
+PHASES = (PENDING, RUNNING, RESTARTING, EXPORTING, PUBLISHING, SUCCEEDED, FAILED, SUSPENDED)
+TRAINING = (PENDING, RUNNING, RESTARTING)
+TERMINAL = (SUCCEEDED, FAILED)
+
+EXIT_BAD_INPUT = 2
+PERMANENT_EXITS = {EXIT_BAD_INPUT}
+# Where the failure summary of torchrun names the first failed worker's exit code.
+_ROOT_CAUSE = re.compile(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", re.S)
+_ERROR_LINE = re.compile(r"^error: (.+)$", re.M)
+
+
+# --- what is observed ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PodView:
+    """The facts of one child pod that the phase machine uses."""
+
+    name: str
+    component: str
+    attempt: int = 0
+    rank: int = 0
+    export: int = 0
+    phase: str = "Pending"
+    deleting: bool = False
+    exit_code: int | None = None
+    reason: str = ""
+    message: str = ""
+    running: tuple[str, ...] = ()
+    failed_container: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+
+def pod_view(pod: dict[str, Any]) -> PodView:
+    """Summarise a Pod object (as the API returns it) into a PodView."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    lbl = meta.get("labels") or {}
+    exit_code, reason, message = None, status.get("reason") or "", status.get("message") or ""
+    running, failed = [], ""
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        state = cs.get("state") or {}
+        if "running" in state:
+            running.append(cs.get("name", ""))
+        term = state.get("terminated")
+        if not term or (exit_code not in (None, 0) and term.get("exitCode", 0) == 0):
+            continue
+        exit_code = term.get("exitCode")
+        reason = term.get("reason") or reason
+        message = term.get("message") or message
+        if exit_code != 0:
+            failed = cs.get("name", "")
+    return PodView(
+        name=meta.get("name", ""),
+        component=lbl.get(resources.COMPONENT_LABEL, ""),
+        attempt=_int(lbl.get(resources.ATTEMPT_LABEL)),
+        rank=_int(lbl.get(resources.RANK_LABEL)),
+        export=_int(lbl.get(resources.EXPORT_LABEL)),
+        phase=status.get("phase") or "Pending",
+        deleting=bool(meta.get("deletionTimestamp")),
+        exit_code=exit_code,
+        reason=reason,
+        message=message,
+        running=tuple(running),
+        failed_container=failed,
+    )
+
+
+def _int(raw: str | None) -> int:
+    try:
+        return int(raw or 0)
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class Served:
+    """What Triton says about the published model (publish.confirm)."""
+
+    ready: bool
+    name: str
+    version: int | None = None
+    endpoint: str | None = None
+    message: str = ""
+
+
+@dataclass
+class Observed:
+    """Everything the caller saw this time: the job's pods, its progress file, the served model."""
+
+    pods: list[PodView] = field(default_factory=list)
+    progress: dict[str, Any] | None = None
+    served: Served | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    """What to do: children to create and delete, events, the new status, when to look again."""
+
+    status: dict[str, Any]
+    create: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[tuple[str, str]] = field(default_factory=list)  # (plural, name), e.g. ("pods", "x-a1-0")
+    events: list[Event] = field(default_factory=list)
+    requeue: float | None = None
+    restarted: bool = False
+    published_seconds: float | None = None
+    publish_failed: bool = False
+
+
+@dataclass(frozen=True)
+class JobMeta:
+    name: str
+    namespace: str
+    uid: str
+    generation: int = 1
+
+
+# --- failure classification ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failure:
+    permanent: bool
+    reason: str
+    message: str
+
+
+def classify(pod: PodView) -> Failure | None:
+    """Why a pod failed, and whether retrying can help; None when it has not failed."""
+    if pod.deleting:
+        return Failure(False, "PodDeleted", f"pod {pod.name} was deleted")
+    if pod.reason in ("Evicted", "Preempting") or pod.phase == "Unknown" or pod.reason == "NodeLost":
+        why = "NodeLost" if pod.phase == "Unknown" or pod.reason == "NodeLost" else "Evicted"
+        return Failure(False, why, f"pod {pod.name}: {pod.message or why}")
+    if pod.phase != "Failed":
+        return None
+    code = pod.exit_code
+    root = _ROOT_CAUSE.search(pod.message or "")
+    worker_code = int(root.group(1)) if root else code
+    errors = _ERROR_LINE.findall(pod.message or "")
+    if code in PERMANENT_EXITS or worker_code in PERMANENT_EXITS:
+        text = errors[-1].strip() if errors else f"exit code {worker_code} (bad input); see `finetune logs`"
+        return Failure(True, "InvalidInput", f"pod {pod.name}: {text}")
+    if pod.reason == "OOMKilled":
+        return Failure(False, "OOMKilled", f"pod {pod.name} ran out of memory")
+    if code in (137, 143) or worker_code in (137, 143, -9, -15):
+        return Failure(False, "Killed", f"pod {pod.name} was stopped by a signal (exit code {code})")
+    tail = f": {errors[-1].strip()}" if errors else ""
+    return Failure(False, "WorkerFailed", f"pod {pod.name} failed with exit code {code}{tail}")
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+def timestamp(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(raw: str | None) -> datetime | None:
+    if not raw:
+        return None
+    return datetime.strptime(raw, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+CONDITIONS = {
+    # phase -> (condition type that is True, reason); every other type of this list turns False.
+    PENDING: ("Training", "Starting"),
+    RUNNING: ("Training", "Running"),
+    RESTARTING: ("Training", "Restarting"),
+    EXPORTING: ("Publishing", "Exporting"),
+    PUBLISHING: ("Publishing", "Publishing"),
+    SUCCEEDED: ("Succeeded", "Succeeded"),
+    FAILED: ("Failed", "Failed"),
+    SUSPENDED: ("Suspended", "Suspended"),
+}
+CONDITION_TYPES = ("Training", "Publishing", "Suspended", "Succeeded", "Failed")
+
+
+def set_condition(status: dict, kind: str, value: bool, reason: str, message: str, now: str, generation: int) -> None:
+    conditions = status.setdefault("conditions", [])
+    new = "True" if value else "False"
+    for cond in conditions:
+        if cond.get("type") == kind:
+            if cond.get("status") != new:
+                cond["lastTransitionTime"] = now
+            cond.update(status=new, reason=reason, message=message, observedGeneration=generation)
+            return
+    conditions.append(
+        {"type": kind, "status": new, "reason": reason, "message": message, "lastTransitionTime": now,
+         "observedGeneration": generation}
+    )  # fmt: skip
+
+
+class _Machine:
+    """One reconcile: mutates a copy of the status and collects actions into a Decision."""
+
+    def __init__(self, meta: JobMeta, status: dict, observed: Observed, now: datetime, settings: Settings):
+        self.meta, self.observed, self.now, self.settings = meta, observed, now, settings
+        self.d = Decision(status=copy.deepcopy(status or {}))
+        self.s = self.d.status
+        self.job: api.FineTuneJob | None = None
+
+    # -- small actions --
+
+    @property
+    def phase(self) -> str:
+        return self.s.get("phase") or ""
+
+    def transition(self, phase: str, reason: str, message: str, warning: bool = False) -> None:
+        if phase == self.phase and self.s.get("reason") == reason:
+            return
+        self.s.update(phase=phase, reason=reason, message=message)
+        now = timestamp(self.now)
+        active, cond_reason = CONDITIONS[phase]
+        for kind in CONDITION_TYPES:
+            on = kind == active
+            set_condition(self.s, kind, on, reason if on else cond_reason, message if on else "", now,
+                          self.meta.generation)  # fmt: skip
+        if phase in TERMINAL and not self.s.get("completionTime"):
+            self.s["completionTime"] = now
+        self.d.events.append(Event("Warning" if warning else "Normal", reason, message))
+
+    def wake_in(self, seconds: float) -> None:
+        seconds = max(seconds, 0.05)
+        self.d.requeue = seconds if self.d.requeue is None else min(self.d.requeue, seconds)
+
+    def delete_pods(self, pods: list[PodView]) -> None:
+        for p in pods:
+            if not p.deleting:
+                self.d.delete.append(("pods", p.name))
+
+    def pods(self, component: str) -> list[PodView]:
+        return [p for p in self.observed.pods if p.component == component]
+
+    def active(self, component: str) -> list[PodView]:
+        return [p for p in self.pods(component) if not p.finished]
+
+    # -- the machine --
+
+    def run(self, spec: Any) -> Decision:
+        self.s["observedGeneration"] = self.meta.generation
+        try:
+            self.job = api.parse_job(
+                {"metadata": {"name": self.meta.name, "namespace": self.meta.namespace}, "spec": spec}
+            )
+        except ConfigError as e:
+            errors = e.errors
+        else:
+            errors = resources.spec_errors(self.job, self.settings)
+        if errors:
+            if self.phase not in TERMINAL:
+                self.delete_pods(self.active(resources.TRAINER) + self.active(resources.EXPORTER))
+                self.transition(FAILED, "InvalidSpec", "; ".join(errors), warning=True)
+            return self.d
+        if self.phase in TERMINAL:
+            self.finished()
+            return self.d
+        if self.deadline_passed():
+            return self.d
+        self.read_progress()
+        phase = self.phase
+        if phase == "":
+            self.start()
+        elif phase == SUSPENDED:
+            self.suspended()
+        elif phase in TRAINING:
+            if self.job.spec.suspend:
+                self.suspend()
+            else:
+                self.training()
+        elif phase in (EXPORTING, PUBLISHING):
+            self.publishing()
+        return self.d
+
+    def start(self) -> None:
+        assert self.job is not None
+        self.s.setdefault("restarts", 0)
+        self.s["attempt"] = 0
+        if self.job.spec.suspend:
+            self.transition(SUSPENDED, "Suspended", "created suspended; set spec.suspend=false to start")
+            return
+        self.s["startTime"] = timestamp(self.now)
+        self.new_attempt()
+        self.transition(PENDING, "Created", f"worker group attempt {self.s['attempt']} created")
+
+    def new_attempt(self) -> None:
+        assert self.job is not None
+        self.s["attempt"] = int(self.s.get("attempt") or 0) + 1
+        self.s.pop("retryAfter", None)
+        self.create_group()
+
+    def create_group(self) -> None:
+        assert self.job is not None
+        self.d.create += resources.worker_group(self.job, self.meta.uid, self.s["attempt"], self.settings)
+
+    def suspend(self) -> None:
+        self.delete_pods(self.active(resources.TRAINER))
+        self.transition(SUSPENDED, "Suspended", "workers deleted; resume continues from the latest checkpoint")
+
+    def suspended(self) -> None:
+        assert self.job is not None
+        if self.job.spec.suspend:
+            self.delete_pods(self.active(resources.TRAINER))
+            return
+        if self.active(resources.TRAINER):
+            self.wake_in(1.0)  # the old workers are still stopping (writing their final checkpoint)
+            return
+        self.s.setdefault("startTime", timestamp(self.now))
+        self.new_attempt()
+        self.transition(PENDING, "Resumed", f"resumed as attempt {self.s['attempt']} from the latest checkpoint")
+
+    def training(self) -> None:
+        assert self.job is not None
+        attempt = int(self.s.get("attempt") or 1)
+        nodes = self.job.spec.resources.nodes
+        workers = [p for p in self.pods(resources.TRAINER) if p.attempt == attempt]
+        stale = [p for p in self.active(resources.TRAINER) if p.attempt != attempt]
+        self.delete_pods(stale)
+        retry_after = parse_time(self.s.get("retryAfter"))
+        if retry_after is not None:
+            # Restarting: wait for the old group to stop and the backoff to pass, then start the new attempt.
+            if stale:
+                self.wake_in(1.0)
+                return
+            if self.now < retry_after:
+                self.wake_in((retry_after - self.now).total_seconds())
+                return
+            self.s.pop("retryAfter", None)
+            self.create_group()
+            return
+        failures = [(p, f) for p in workers if (f := classify(p))]
+        if self.phase == RUNNING:
+            seen = {p.rank for p in workers}
+            failures += [
+                (None, Failure(False, "PodDeleted", f"pod {resources.worker_name(self.meta.name, attempt, r)} "
+                               "disappeared"))
+                for r in range(nodes) if r not in seen
+            ]  # fmt: skip
+        if failures:
+            self.worker_failed(workers, [f for _, f in failures])
+            return
+        by_rank = {p.rank: p for p in workers}
+        if len(by_rank) < nodes:
+            # Created but not observed yet, or lost before it ever ran: creating again is idempotent.
+            self.create_group()
+            return
+        if all(p.phase == "Succeeded" for p in by_rank.values()):
+            self.training_done()
+        elif all(p.phase in ("Running", "Succeeded") for p in by_rank.values()) and self.phase != RUNNING:
+            self.transition(RUNNING, "Running", f"{nodes} worker pod(s) of attempt {attempt} running")
+
+    def worker_failed(self, workers: list[PodView], failures: list[Failure]) -> None:
+        assert self.job is not None
+        permanent = [f for f in failures if f.permanent]
+        self.delete_pods([p for p in workers if not p.finished])
+        if permanent:
+            self.transition(FAILED, permanent[0].reason, permanent[0].message, warning=True)
+            return
+        first = failures[0]
+        restarts = int(self.s.get("restarts") or 0)
+        if restarts >= self.job.spec.backoff_limit:
+            message = f"{first.message}; backoffLimit {self.job.spec.backoff_limit} restarts spent"
+            self.transition(FAILED, "BackoffLimitExceeded", message, warning=True)
+            return
+        delay = self.settings.backoff(restarts)
+        self.s["restarts"] = restarts + 1
+        self.s["attempt"] = int(self.s.get("attempt") or 1) + 1
+        self.s["retryAfter"] = timestamp(self.now + timedelta(seconds=delay))
+        self.d.restarted = True
+        self.wake_in(delay)
+        message = f"{first.message}; restart {restarts + 1}/{self.job.spec.backoff_limit} as attempt " \
+                  f"{self.s['attempt']} in {delay:g}s from the latest checkpoint"  # fmt: skip
+        self.transition(RESTARTING, first.reason, message, warning=True)
+
+    def training_done(self) -> None:
+        assert self.job is not None
+        progress = self.s.get("progress") or {}
+        if progress.get("totalSteps"):
+            progress.update(step=progress["totalSteps"], percent=100.0, etaSeconds=0)
+        if not self.job.spec.serving.enabled:
+            self.transition(SUCCEEDED, "TrainingComplete", "training complete; serving is disabled")
+            return
+        self.s["exportAttempt"] = 1
+        self.s["exportStartTime"] = timestamp(self.now)
+        self.d.create.append(resources.export_pod(self.job, self.meta.uid, 1, self.settings))
+        self.transition(EXPORTING, "Exporting", "training complete; exporting the model")
+
+    def publishing(self) -> None:
+        assert self.job is not None
+        n = int(self.s.get("exportAttempt") or 1)
+        pod = next((p for p in self.pods(resources.EXPORTER) if p.export == n), None)
+        if pod is None:
+            self.d.create.append(resources.export_pod(self.job, self.meta.uid, n, self.settings))
+            return
+        if pod.phase == "Failed" or pod.deleting:
+            self.export_failed(pod, n)
+            return
+        if pod.phase != "Succeeded":
+            if "publish" in pod.running and self.phase == EXPORTING:
+                self.transition(PUBLISHING, "Publishing", "model exported; publishing to the model repository")
+            return
+        if self.phase == EXPORTING:
+            self.transition(PUBLISHING, "Publishing", "model published; waiting for Triton to serve it")
+        self.confirm()
+
+    def export_failed(self, pod: PodView, n: int) -> None:
+        assert self.job is not None
+        failure = classify(pod) or Failure(False, "ExportFailed", f"pod {pod.name} failed")
+        self.d.publish_failed = True
+        if failure.permanent or n > self.job.spec.backoff_limit:
+            self.transition(FAILED, "PublishFailed", failure.message, warning=True)
+            return
+        self.s["exportAttempt"] = n + 1
+        self.d.create.append(resources.export_pod(self.job, self.meta.uid, n + 1, self.settings))
+        self.d.events.append(Event("Warning", "ExportRetry", f"{failure.message}; retrying as export {n + 1}"))
+
+    def confirm(self) -> None:
+        assert self.job is not None
+        served = self.observed.served
+        started = parse_time(self.s.get("exportStartTime")) or self.now
+        if served is not None and served.ready:
+            serving = self.job.spec.serving
+            self.s["model"] = {
+                "repository": serving.repository,
+                "name": served.name,
+                "version": served.version,
+                "endpoint": served.endpoint,
+                "ready": True,
+            }
+            self.d.published_seconds = (self.now - started).total_seconds()
+            self.transition(SUCCEEDED, "ModelReady", f"model {served.name} version {served.version} is served "
+                            f"at {served.endpoint}")  # fmt: skip
+            return
+        waited = (self.now - started).total_seconds()
+        if waited >= self.settings.publish_timeout_seconds:
+            self.d.publish_failed = True
+            why = served.message if served else "no answer from Triton"
+            self.transition(FAILED, "PublishFailed", f"model not served after {waited:.0f}s: {why}", warning=True)
+            return
+        self.wake_in(min(2.0, self.settings.poll_seconds))
+
+    def finished(self) -> None:
+        """Terminal: stop what still runs; after ttlSecondsAfterFinished delete the pods and config maps."""
+        assert self.job is not None
+        if self.phase == FAILED:
+            self.delete_pods(self.active(resources.TRAINER) + self.active(resources.EXPORTER))
+        ttl = self.job.spec.ttl_seconds_after_finished
+        done = parse_time(self.s.get("completionTime"))
+        if ttl is None or done is None:
+            return
+        expiry = done + timedelta(seconds=ttl)
+        if self.now < expiry:
+            self.wake_in((expiry - self.now).total_seconds())
+            return
+        pods = self.pods(resources.TRAINER) + self.pods(resources.EXPORTER)
+        self.delete_pods(pods)
+        if pods:
+            attempts = {p.attempt for p in pods if p.component == resources.TRAINER}
+            self.d.delete += [("configmaps", resources.config_name(self.meta.name, a)) for a in sorted(attempts)]
+            self.d.events.append(Event("Normal", "Cleanup", f"deleted {len(pods)} finished pod(s) after {ttl}s"))
+
+    def deadline_passed(self) -> bool:
+        assert self.job is not None
+        limit = self.job.spec.active_deadline_seconds
+        started = parse_time(self.s.get("startTime"))
+        if limit is None or started is None or self.phase == SUSPENDED:
+            return False
+        left = (started + timedelta(seconds=limit) - self.now).total_seconds()
+        if left > 0:
+            self.wake_in(left)
+            return False
+        self.delete_pods(self.active(resources.TRAINER) + self.active(resources.EXPORTER))
+        self.transition(FAILED, "DeadlineExceeded", f"activeDeadlineSeconds {limit} passed", warning=True)
+        return True
+
+    def read_progress(self) -> None:
+        p = self.observed.progress
+        if not p or self.phase not in TRAINING:
+            return
+        progress = {k: p[k] for k in ("step", "totalSteps", "epoch", "percent", "etaSeconds") if p.get(k) is not None}
+        metrics = {k: float(v) for k, v in (p.get("metrics") or {}).items() if isinstance(v, int | float)}
+        if "samples_per_second" in metrics:
+            progress["samplesPerSecond"] = round(metrics["samples_per_second"], 2)
+        self.s["progress"] = progress
+        kept = {k: round(v, 6) for k, v in metrics.items() if k not in ("eval", "samples_per_second")}
+        self.s["metrics"] = {**(self.s.get("metrics") or {}), **kept}
+
+
+def reconcile(meta: JobMeta, spec: Any, status: dict | None, observed: Observed, now: datetime,
+              settings: Settings) -> Decision:  # fmt: skip
+    """The next step of one job: given its spec, its last status and what is observed now, what to do.
+
+    Pure: no API calls, no clock (``now`` is given), no randomness. Children it creates are rendered by
+    resources.py; creating one that exists already is harmless (the caller ignores 409 Conflict).
+    """
+    return _Machine(meta, status or {}, observed, now, settings).run(spec)
+
+
+def wants_confirmation(status: dict | None, pods: list[PodView]) -> bool:
+    """Whether the caller should ask Triton about the published model before reconciling."""
+    status = status or {}
+    if status.get("phase") not in (EXPORTING, PUBLISHING):
+        return False
+    n = int(status.get("exportAttempt") or 1)
+    return any(p.component == resources.EXPORTER and p.export == n and p.phase == "Succeeded" for p in pods)

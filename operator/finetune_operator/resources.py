@@ -1,0 +1,381 @@
+"""Pure builders: a FineTuneJob -> the manifests of its children (no API calls, no clocks, no randomness).
+
+Children of one job, all owned by it (ownerReferences) and labelled for selection:
+
+- ``<job>-workers``: a headless Service; each worker pod's hostname ``<job>-workers-<rank>`` resolves through it,
+  so rank 0 is the c10d rendezvous host ``<job>-workers-0.<job>-workers:29400``.
+- ``<job>-a<attempt>-config``: a ConfigMap with the TrainerConfig JSON of that attempt.
+- ``<job>-a<attempt>-<rank>``: one worker pod per node running ``torchrun --nnodes=N --nproc-per-node=G``.
+  A new attempt (after a failure or a resume) gets new pods; the trainer resumes from the newest checkpoint.
+- ``<job>-export-<n>``: the export pod: exports the trained model (init container) and publishes it into the
+  Triton repository (main container).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from finetune_operator import api
+from finetune_operator.local import trainer_config
+from finetune_operator.settings import RDZV_PORT, Settings
+from finetune_trainer.config import S3Spec, TrainerConfig
+
+NAME_LABEL = "app.kubernetes.io/name"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+JOB_LABEL = "finetune.dev/job"
+ATTEMPT_LABEL = "finetune.dev/attempt"
+RANK_LABEL = "finetune.dev/rank"
+EXPORT_LABEL = "finetune.dev/export"
+APP = "finetune-operator"
+TRAINER = "trainer"
+EXPORTER = "exporter"
+
+CONFIG_DIR = "/etc/finetune"
+CONFIG_FILE = f"{CONFIG_DIR}/trainer.json"
+WORK_DIR = "/workspace"
+RUN_AS = 1000
+MAX_DNS_LABEL = 63
+
+
+# --- names --------------------------------------------------------------------------------------------------
+
+
+def service_name(job: str) -> str:
+    return f"{job}-workers"
+
+
+def hostname(job: str, rank: int) -> str:
+    return f"{job}-workers-{rank}"
+
+
+def config_name(job: str, attempt: int) -> str:
+    return f"{job}-a{attempt}-config"
+
+
+def worker_name(job: str, attempt: int, rank: int) -> str:
+    return f"{job}-a{attempt}-{rank}"
+
+
+def export_name(job: str, n: int) -> str:
+    return f"{job}-export-{n}"
+
+
+def rendezvous_endpoint(job: str, nodes: int) -> str:
+    """c10d rendezvous host: rank 0's pod DNS name; a one-pod group rendezvouses inside its pod."""
+    if nodes == 1:
+        return "localhost:0"
+    return f"{hostname(job, 0)}.{service_name(job)}:{RDZV_PORT}"
+
+
+def name_errors(job: str, nodes: int) -> list[str]:
+    """Reasons the children's DNS names would be invalid for this job name and node count."""
+    longest = hostname(job, max(nodes - 1, 0))
+    if len(longest) > MAX_DNS_LABEL:
+        room = MAX_DNS_LABEL - len(longest) + len(job)
+        return [f"metadata.name: at most {room} characters for {nodes} nodes (pod hostname {longest!r} is too long)"]
+    return []
+
+
+def spec_errors(job: api.FineTuneJob, settings: Settings) -> list[str]:
+    """What a valid spec still cannot do on this cluster, one message per field."""
+    errors = name_errors(job.metadata.name, job.spec.resources.nodes)
+    if not job.spec.checkpoint.storage and not settings.default_storage:
+        errors.append(
+            "spec.checkpoint.storage: required on a cluster (pods are ephemeral; checkpoints, progress and the "
+            "model live there): set s3://bucket/prefix, or FINETUNE_DEFAULT_STORAGE on the operator"
+        )
+    return errors
+
+
+# --- shared pieces ------------------------------------------------------------------------------------------
+
+
+def labels(job: str, component: str, **extra: str | int) -> dict[str, str]:
+    out = {NAME_LABEL: APP, COMPONENT_LABEL: component, JOB_LABEL: job}
+    keys = {"attempt": ATTEMPT_LABEL, "rank": RANK_LABEL, "export": EXPORT_LABEL}
+    out.update({keys[k]: str(v) for k, v in extra.items()})
+    return out
+
+
+def owner_reference(name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(job: api.FineTuneJob, uid: str, name: str, lbls: dict[str, str]) -> dict[str, Any]:
+    tpl = job.spec.template
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": job.metadata.namespace or "default",
+        "labels": {**tpl.labels, **lbls},
+        "ownerReferences": [owner_reference(job.metadata.name, uid)],
+    }
+    if tpl.annotations:
+        meta["annotations"] = dict(tpl.annotations)
+    return meta
+
+
+def job_storage(job: api.FineTuneJob, settings: Settings) -> str | None:
+    """Where this job's checkpoints and progress.json live: ``<checkpoint.storage>/<namespace>/<name>``."""
+    root = job.spec.checkpoint.storage or settings.default_storage
+    if not root:
+        return None
+    return f"{root.rstrip('/')}/{job.metadata.namespace or 'default'}/{job.metadata.name}"
+
+
+def model_output(job: api.FineTuneJob, settings: Settings) -> str | None:
+    """Where rank 0 uploads the final model (spec.output, else ``<job storage>/model-output``)."""
+    if job.spec.output:
+        return job.spec.output
+    storage = job_storage(job, settings)
+    return f"{storage}/model-output" if storage else None
+
+
+def s3_env(s3: S3Spec | None) -> list[dict[str, Any]]:
+    """S3 connection variables: credentials by Secret reference, never inline."""
+    if s3 is None:
+        return []
+    env: list[dict[str, Any]] = []
+    if s3.credentials_secret:
+        for var, key in (("AWS_ACCESS_KEY_ID", "accessKey"), ("AWS_SECRET_ACCESS_KEY", "secretKey")):
+            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": s3.credentials_secret, "key": key}}})
+    if s3.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": s3.endpoint})
+    if s3.region:
+        env.append({"name": "AWS_REGION", "value": s3.region})
+    if s3.addressing_style != "auto":
+        env.append({"name": "FINETUNE_S3_ADDRESSING_STYLE", "value": s3.addressing_style})
+    return env
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _resources(res: api.Resources, *, gpus: bool = True) -> dict[str, Any]:
+    amounts: dict[str, str] = {}
+    if res.cpu:
+        amounts["cpu"] = res.cpu
+    if res.memory:
+        amounts["memory"] = res.memory
+    if gpus and res.gpus_per_node:
+        amounts["nvidia.com/gpu"] = str(res.gpus_per_node)
+    return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
+
+
+def _pod_spec(job: api.FineTuneJob, settings: Settings, containers: list[dict], volumes: list[dict]) -> dict:
+    tpl = job.spec.template
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": _pod_security(),
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "containers": containers,
+        "volumes": volumes,
+    }
+    if tpl.service_account_name:
+        spec["serviceAccountName"] = tpl.service_account_name
+    if tpl.node_selector:
+        spec["nodeSelector"] = dict(tpl.node_selector)
+    if tpl.tolerations:
+        spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in tpl.tolerations]
+    if tpl.affinity:
+        spec["affinity"] = tpl.affinity
+    if tpl.priority_class_name:
+        spec["priorityClassName"] = tpl.priority_class_name
+    if tpl.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": s} for s in tpl.image_pull_secrets]
+    return spec
+
+
+def _container(job: api.FineTuneJob, settings: Settings, name: str, command: list[str], env: list[dict]) -> dict:
+    tpl = job.spec.template
+    base_env = [
+        {"name": "HOME", "value": WORK_DIR},
+        {"name": "HF_HOME", "value": f"{WORK_DIR}/.cache/huggingface"},
+        {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
+    ]
+    container: dict[str, Any] = {
+        "name": name,
+        "image": tpl.image or settings.trainer_image,
+        "command": command,
+        "env": base_env + env + [dict(e) for e in tpl.env],
+        "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "workingDir": WORK_DIR,
+        "volumeMounts": [{"name": "work", "mountPath": WORK_DIR}],
+    }
+    if tpl.image_pull_policy:
+        container["imagePullPolicy"] = tpl.image_pull_policy
+    return container
+
+
+# --- trainer config -----------------------------------------------------------------------------------------
+
+
+def trainer_config_for(job: api.FineTuneJob, settings: Settings) -> TrainerConfig:
+    """The TrainerConfig every worker of ``job`` reads (the same builder `finetune run` uses)."""
+    output = model_output(job, settings)
+    if output != job.spec.output:
+        job = job.model_copy(update={"spec": job.spec.model_copy(update={"output": output})})
+    # Relative paths: the container's working directory is the pod's work volume.
+    return trainer_config(
+        job,
+        "output",
+        checkpoint_storage=settings.default_storage,
+        progress_file="output/progress.json",
+        metrics_port=settings.trainer_metrics_port or None,
+    )
+
+
+def config_map(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings) -> dict[str, Any]:
+    name = job.metadata.name
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, uid, config_name(name, attempt), labels(name, TRAINER, attempt=attempt)),
+        "data": {"trainer.json": trainer_config_for(job, settings).to_json() + "\n"},
+    }
+
+
+# --- workers ------------------------------------------------------------------------------------------------
+
+
+def service(job: api.FineTuneJob, uid: str) -> dict[str, Any]:
+    """Headless Service giving each worker a stable DNS name (rank 0 hosts the c10d rendezvous)."""
+    name = job.metadata.name
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, uid, service_name(name), labels(name, TRAINER)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {JOB_LABEL: name, COMPONENT_LABEL: TRAINER},
+            "ports": [{"name": "rdzv", "port": RDZV_PORT, "targetPort": RDZV_PORT, "protocol": "TCP"}],
+        },
+    }
+
+
+def torchrun_command(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings) -> list[str]:
+    res = job.spec.resources
+    return [
+        settings.trainer_command,
+        f"--nnodes={res.nodes}",
+        f"--nproc-per-node={res.procs}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={rendezvous_endpoint(job.metadata.name, res.nodes)}",
+        f"--rdzv-id={uid}-{attempt}",
+        f"--max-restarts={settings.torchrun_max_restarts}",
+        "-m",
+        "finetune_trainer",
+        "train",
+        "--config",
+        CONFIG_FILE,
+    ]
+
+
+def worker_pod(job: api.FineTuneJob, uid: str, attempt: int, rank: int, settings: Settings) -> dict[str, Any]:
+    name = job.metadata.name
+    res = job.spec.resources
+    env = [
+        {"name": "FINETUNE_JOB", "value": name},
+        {"name": "FINETUNE_ATTEMPT", "value": str(attempt)},
+        {"name": "FINETUNE_NODE_INDEX", "value": str(rank)},
+        *s3_env(job.spec.checkpoint.s3),
+    ]
+    if not res.gpus_per_node and res.cpu:
+        # torchrun sets one thread per process; on CPU share the pod's cores instead.
+        env.append({"name": "OMP_NUM_THREADS", "value": str(_threads(res.cpu, res.procs))})
+    container = _container(job, settings, "trainer", torchrun_command(job, uid, attempt, settings), env)
+    ports = [{"name": "rdzv", "containerPort": RDZV_PORT, "protocol": "TCP"}]
+    if settings.trainer_metrics_port:
+        ports.append({"name": "metrics", "containerPort": settings.trainer_metrics_port, "protocol": "TCP"})
+    container["ports"] = ports
+    container["resources"] = _resources(res)
+    container["volumeMounts"] += [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    shm: dict[str, Any] = {"medium": "Memory"}
+    if res.shm_size:
+        shm["sizeLimit"] = res.shm_size
+    volumes = [
+        {"name": "config", "configMap": {"name": config_name(name, attempt)}},
+        {"name": "work", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": shm},
+    ]
+    spec = _pod_spec(job, settings, [container], volumes)
+    spec["hostname"] = hostname(name, rank)
+    spec["subdomain"] = service_name(name)
+    meta = _metadata(job, uid, worker_name(name, attempt, rank), labels(name, TRAINER, attempt=attempt, rank=rank))
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+def _threads(cpu: str, procs: int) -> int:
+    """Whole cores per process from a CPU quantity ("2", "500m", "1.5")."""
+    try:
+        cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    except ValueError:
+        return 1
+    return max(1, int(cores // max(procs, 1)))
+
+
+def worker_group(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings) -> list[dict[str, Any]]:
+    """Everything one training attempt needs, in creation order: config, service, one pod per node."""
+    pods = [worker_pod(job, uid, attempt, r, settings) for r in range(job.spec.resources.nodes)]
+    return [config_map(job, uid, attempt, settings), service(job, uid), *pods]
+
+
+# --- export and publication ---------------------------------------------------------------------------------
+
+
+def export_commands(job: api.FineTuneJob, settings: Settings) -> tuple[list[str], list[str]]:
+    """The export command (trained model -> ONNX in the pod's work dir) and the publish command."""
+    serving = job.spec.serving
+    py = settings.trainer_python
+    export = [py, "-m", "finetune_trainer", "export", "--model", f"{model_output(job, settings)}/model"]
+    export += ["--out", f"{WORK_DIR}/export"]
+    if serving.quantize:
+        export.append("--quantize")
+    publish = [py, "-m", "finetune_trainer", "publish", "--export", f"{WORK_DIR}/export"]
+    publish += ["--repository", serving.repository or "", "--name", serving.model_name or job.metadata.name]
+    publish += ["--backend", str(serving.backend), "--max-batch-size", str(serving.max_batch_size)]
+    publish += ["--instances", str(serving.instances)]
+    if serving.triton_url:
+        publish += ["--triton-url", serving.triton_url]
+    return export, publish
+
+
+def export_pod(job: api.FineTuneJob, uid: str, n: int, settings: Settings) -> dict[str, Any]:
+    """One pod that exports (init container) and then publishes (main container) the trained model."""
+    name = job.metadata.name
+    export_cmd, publish_cmd = export_commands(job, settings)
+    storage_env = s3_env(job.spec.checkpoint.s3)
+    exporter = _container(job, settings, "export", export_cmd, storage_env)
+    exporter["resources"] = _resources(job.spec.resources, gpus=True)
+    publisher = _container(job, settings, "publish", publish_cmd, s3_env(job.spec.serving.s3) or storage_env)
+    spec = _pod_spec(job, settings, [publisher], [{"name": "work", "emptyDir": {}}])
+    spec["initContainers"] = [exporter]
+    meta = _metadata(job, uid, export_name(name, n), labels(name, EXPORTER, export=n))
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
