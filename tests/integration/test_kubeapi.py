@@ -645,6 +645,13 @@ def test_pod_deletion_stops_the_process(kube_api: KubeApi, node_agent: Any, core
 
     eventually(gone, timeout=30, what="pod removed after its process stopped")
     assert time.monotonic() - began < 25
+    core.create_namespaced_pod(ns, _pod("stubborn", "trap '' TERM; echo started; sleep 300"))
+    _phase(core, ns, "stubborn", "Running")
+    eventually(lambda: "started" in core.read_namespaced_pod_log("stubborn", ns), timeout=30, what="output")
+    began = time.monotonic()
+    kube_api.kubectl("delete", "pod", "stubborn", "--grace-period=1", "--wait=true", timeout=60)
+    assert time.monotonic() - began < 25, "SIGKILL after the grace period"
+    assert "stubborn" not in kube_api.kubectl("get", "pods", "-o", "name").stdout
     if kube_api.stand_in:
         pid = int(running.status.container_statuses[0].container_id.rsplit("/", 1)[1])
         with pytest.raises(ProcessLookupError):
