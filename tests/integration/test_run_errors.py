@@ -25,10 +25,10 @@ def job_file(tmp: Path, model: Path, dataset: dict, **spec) -> Path:
 
 
 def run_cli(job: Path, tmp: Path) -> tuple[int, str]:
-    from finetune_operator.cli import main
-
     import contextlib
     import io
+
+    from finetune_operator.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

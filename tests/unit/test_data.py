@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from finetune_trainer import data as D
 from finetune_trainer.config import DatasetSpec, Hyperparameters, TaskSpec
 from finetune_trainer.errors import InputError

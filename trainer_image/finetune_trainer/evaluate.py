@@ -68,7 +68,9 @@ def multi_label(logits: np.ndarray, labels: np.ndarray, names: list[str], thresh
         "f1_micro": float(mf),
         "threshold": threshold,
         "per_class": {
-            name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]), "support": int(truth[:, i].sum())}
+            name: {
+                "precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]), "support": int(truth[:, i].sum())
+            }
             for i, name in enumerate(names)
         },
     }

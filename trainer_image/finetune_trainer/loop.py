@@ -69,7 +69,9 @@ def prepare_data(cfg: TrainerConfig, cache_dir: Path) -> Prepared:
     else:
         train, val = D.train_validation_split(train, ds.validation_split, hp.seed)
     val = D.limit(val, ds.max_eval_samples, hp.seed)
-    test = D.limit(D.load_split(ds.test, ds, "dataset.test", cache_dir), ds.max_eval_samples, hp.seed) if ds.test else None
+    test = None
+    if ds.test:
+        test = D.limit(D.load_split(ds.test, ds, "dataset.test", cache_dir), ds.max_eval_samples, hp.seed)
     names = D.label_names_from([train], ds, task)
     if task.type != TaskType.REGRESSION:
         if task.num_labels is not None and len(names) != task.num_labels:
@@ -293,7 +295,8 @@ class Trainer:
                     st.batches_in_epoch = micro
                     if st.step % hp.log_every_steps == 0 or st.step == self.total_steps:
                         elapsed = time.perf_counter() - window_start
-                        self._log_step(window_loss / max(window_n, 1), grad_norm, window_samples, window_tokens, elapsed)
+                        mean_loss = window_loss / max(window_n, 1)
+                        self._log_step(mean_loss, grad_norm, window_samples, window_tokens, elapsed)
                         window_loss, window_n, window_samples, window_tokens = 0.0, 0, 0, 0
                         window_start = time.perf_counter()
                     metric = None
@@ -453,6 +456,7 @@ class Trainer:
             "history": st.history,
             "evals": st.evals,
             "throughput": _throughput(st.history),
+            "peak_memory": _peak_memory(),
         }
         if self.info.is_main:
             self._save(summary)
@@ -497,6 +501,16 @@ def _checksum(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def _peak_memory() -> dict[str, float]:
+    """Peak resident memory of this process and, on GPU, peak allocated device memory (MB)."""
+    import resource
+
+    out = {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        out["gpu_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 def _throughput(history: list[dict[str, float]]) -> dict[str, float]:

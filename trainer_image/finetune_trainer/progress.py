@@ -8,8 +8,8 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("finetune_trainer")

@@ -27,7 +27,8 @@ def plot_curves(path: Path, history: list[dict[str, Any]], evals: list[dict[str,
         ax_lr.set_ylabel("learning rate")
     if evals:
         ax_loss.plot([e["step"] for e in evals], [e["loss"] for e in evals], "o-", label="eval loss")
-        ax_metric.plot([e["step"] for e in evals], [e.get(metric, float("nan")) for e in evals], "o-", color="tab:green")
+        values = [e.get(metric, float("nan")) for e in evals]
+        ax_metric.plot([e["step"] for e in evals], values, "o-", color="tab:green")
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("loss")
     ax_loss.legend(loc="upper right")
