@@ -320,6 +320,8 @@ class _Machine:
             self.transition(SUSPENDED, "Suspended", "created suspended; set spec.suspend=false to start")
             return
         self.s["startTime"] = timestamp(self.now)
+        if self.job.spec.active_deadline_seconds:
+            self.wake_in(self.job.spec.active_deadline_seconds)
         self.new_attempt()
         self.transition(PENDING, "Created", f"worker group attempt {self.s['attempt']} created")
 

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from finetune_operator.lifecycle import PHASES
 
-JobsSource = Callable[[], Iterable[tuple[str, str, str]]]
+JobsSource = Callable[[], Iterable[tuple[str, ...]]]
 
 
 def phases_of(index: Mapping[Any, Iterable[Any]]) -> Iterable[tuple[str, str, str]]:
@@ -38,7 +38,8 @@ class JobsCollector(Collector):
         self.source: JobsSource | None = None
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        jobs = list(self.source() if self.source else ())
+        # (namespace, job, phase); a (namespace, phase) pair counts a job whose name is not known.
+        jobs = [t if len(t) == 3 else (t[0], "", t[1]) for t in (self.source() if self.source else ())]
         family = GaugeMetricFamily("finetune_operator_jobs", "FineTuneJobs by phase", labels=["namespace", "phase"])
         counts = Tally((ns, phase) for ns, _, phase in jobs)
         for ns in sorted({ns for ns, _, _ in jobs}):
@@ -51,7 +52,8 @@ class JobsCollector(Collector):
             labels=["namespace", "job", "phase"],
         )
         for ns, name, phase in sorted(jobs):
-            info.add_metric([ns, name, phase], 1)
+            if name:
+                info.add_metric([ns, name, phase], 1)
         yield info
 
 

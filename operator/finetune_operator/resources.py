@@ -310,7 +310,10 @@ def worker_pod(job: api.FineTuneJob, uid: str, attempt: int, rank: int, settings
     container = _container(job, settings, "trainer", torchrun_command(job, uid, attempt, settings), env)
     ports = [{"name": "rdzv", "containerPort": RDZV_PORT, "protocol": "TCP"}]
     if settings.trainer_metrics_port:
-        ports.append({"name": "metrics", "containerPort": settings.trainer_metrics_port, "protocol": "TCP"})
+        # Local process k serves on port + k (finetune_trainer.metrics); the PodMonitor keeps metrics and metrics-N.
+        for k in range(res.procs):
+            port = settings.trainer_metrics_port + k
+            ports.append({"name": f"metrics-{k}" if k else "metrics", "containerPort": port, "protocol": "TCP"})
     container["ports"] = ports
     container["resources"] = _resources(res)
     container["volumeMounts"] += [

@@ -1,0 +1,308 @@
+"""The phase machine, driven step by step with observed pods as a cluster would report them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from finetune_operator import lifecycle as L
+from finetune_operator.lifecycle import Observed, PodView, Served
+from finetune_operator.settings import Settings
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+META = L.JobMeta("sentiment", "ml", "uid-1", generation=1)
+SETTINGS = Settings(backoff_seconds=10, backoff_max_seconds=300, publish_timeout_seconds=60)
+TORCHRUN_FAILURE = """error: dataset.train: column 'text' not found; columns are [review, label]
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+Root Cause (first observed failure):
+[0]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : 2 (pid: 123)
+============================================================"""
+
+
+def spec(**over: Any) -> dict[str, Any]:
+    base = {
+        "model": {"name": "bert-base-uncased"},
+        "dataset": {"train": "s3://data/train.csv"},
+        "resources": {"nodes": 2},
+        "checkpoint": {"storage": "s3://ckpt"},
+        "backoffLimit": 2,
+    }
+    base.update(over)
+    return base
+
+
+def worker(rank: int, attempt: int = 1, phase: str = "Running", **kw: Any) -> PodView:
+    return PodView(f"sentiment-a{attempt}-{rank}", "trainer", attempt=attempt, rank=rank, phase=phase, **kw)
+
+
+def exporter(n: int = 1, phase: str = "Running", **kw: Any) -> PodView:
+    return PodView(f"sentiment-export-{n}", "exporter", export=n, phase=phase, **kw)
+
+
+def step(status: dict | None, pods: list[PodView] = (), *, at: float = 0, s: dict | None = None,
+         progress: dict | None = None, served: Served | None = None) -> L.Decision:  # fmt: skip
+    observed = Observed(pods=list(pods), progress=progress, served=served)
+    return L.reconcile(META, s or spec(), status, observed, T0 + timedelta(seconds=at), SETTINGS)
+
+
+def created(d: L.Decision) -> list[str]:
+    return [f"{o['kind']}/{o['metadata']['name']}" for o in d.create]
+
+
+def condition(status: dict, kind: str) -> dict:
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+def running(at: float = 5) -> dict:
+    d = step(None)
+    return step(d.status, [worker(0), worker(1)], at=at).status
+
+
+def test_a_new_job_creates_its_worker_group_and_is_pending() -> None:
+    d = step(None)
+    assert created(d) == ["ConfigMap/sentiment-a1-config", "Service/sentiment-workers", "Pod/sentiment-a1-0",
+                          "Pod/sentiment-a1-1"]  # fmt: skip
+    assert d.status["phase"] == "Pending" and d.status["attempt"] == 1 and d.status["restarts"] == 0
+    assert d.status["observedGeneration"] == 1 and d.status["startTime"] == "2026-01-01T12:00:00Z"
+    assert [(e.reason, e.type) for e in d.events] == [("Created", "Normal")]
+    assert condition(d.status, "Training")["status"] == "True"
+
+
+def test_all_workers_running_makes_the_job_running_with_conditions() -> None:
+    d = step(None)
+    d2 = step(d.status, [worker(0), worker(1, phase="Pending")], at=1)
+    assert d2.status["phase"] == "Pending" and not d2.create
+    d3 = step(d2.status, [worker(0), worker(1)], at=2)
+    assert d3.status["phase"] == "Running"
+    cond = condition(d3.status, "Training")
+    assert cond["reason"] == "Running" and cond["observedGeneration"] == 1
+    assert [e.reason for e in d3.events] == ["Running"]
+    assert step(d3.status, [worker(0), worker(1)], at=3).events == []
+
+
+def test_progress_and_metrics_come_from_progress_json() -> None:
+    status = running()
+    progress = {"phase": "training", "step": 30, "totalSteps": 120, "epoch": 0.5, "percent": 25.0,
+                "etaSeconds": 90.0, "metrics": {"loss": 0.41, "samples_per_second": 55.5}}  # fmt: skip
+    d = step(status, [worker(0), worker(1)], at=6, progress=progress)
+    assert d.status["progress"] == {"step": 30, "totalSteps": 120, "epoch": 0.5, "percent": 25.0,
+                                    "etaSeconds": 90.0, "samplesPerSecond": 55.5}  # fmt: skip
+    assert d.status["metrics"] == {"loss": 0.41}
+    evaluated = {**progress, "metrics": {"accuracy": 0.91, "f1_macro": 0.9, "eval": 1.0}}
+    d2 = step(d.status, [worker(0), worker(1)], at=7, progress=evaluated)
+    assert d2.status["metrics"] == {"loss": 0.41, "accuracy": 0.91, "f1_macro": 0.9}
+
+
+def test_a_failed_worker_restarts_the_whole_group_after_backoff_from_the_checkpoint() -> None:
+    status = running()
+    d = step(status, [worker(0, phase="Failed", exit_code=1), worker(1)], at=10)
+    assert d.status["phase"] == "Restarting" and d.status["reason"] == "WorkerFailed"
+    assert d.status["restarts"] == 1 and d.status["attempt"] == 2 and d.restarted
+    assert d.delete == [("pods", "sentiment-a1-1")]  # the failed pod is kept for its logs
+    assert d.status["retryAfter"] == "2026-01-01T12:00:20Z" and d.requeue == 10
+    assert d.events[0].type == "Warning" and "restart 1/2 as attempt 2 in 10s" in d.events[0].message
+    # The old group is still stopping: nothing new yet.
+    d2 = step(d.status, [worker(0, phase="Failed", exit_code=1), worker(1, deleting=True)], at=12)
+    assert not d2.create and d2.requeue == 1.0
+    # Old group gone but the backoff has not passed.
+    d3 = step(d2.status, [worker(0, phase="Failed", exit_code=1)], at=15)
+    assert not d3.create and d3.requeue == pytest.approx(5)
+    d4 = step(d3.status, [worker(0, phase="Failed", exit_code=1)], at=20)
+    assert created(d4) == ["ConfigMap/sentiment-a2-config", "Service/sentiment-workers", "Pod/sentiment-a2-0",
+                           "Pod/sentiment-a2-1"]  # fmt: skip
+    assert "retryAfter" not in d4.status and d4.status["phase"] == "Restarting"
+    d5 = step(d4.status, [worker(0, 2), worker(1, 2)], at=21)
+    assert d5.status["phase"] == "Running" and d5.status["restarts"] == 1
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    assert [SETTINGS.backoff(n) for n in range(7)] == [10, 20, 40, 80, 160, 300, 300]
+
+
+@pytest.mark.parametrize(
+    ("pod", "reason"),
+    [
+        (worker(1, phase="Failed", exit_code=137, reason="OOMKilled"), "OOMKilled"),
+        (worker(1, phase="Failed", reason="Evicted", message="The node was low on memory."), "Evicted"),
+        (worker(1, phase="Unknown"), "NodeLost"),
+        (worker(1, phase="Failed", exit_code=143), "Killed"),
+        (worker(1, phase="Failed", exit_code=137), "Killed"),
+        (worker(1, deleting=True), "PodDeleted"),
+    ],
+)
+def test_retryable_failures_restart(pod: PodView, reason: str) -> None:
+    d = step(running(), [worker(0), pod], at=10)
+    assert d.status["phase"] == "Restarting" and d.status["reason"] == reason
+
+
+def test_a_worker_that_vanished_while_running_counts_as_deleted() -> None:
+    d = step(running(), [worker(0)], at=10)
+    assert d.status["phase"] == "Restarting" and d.status["reason"] == "PodDeleted"
+    assert "sentiment-a1-1 disappeared" in d.status["message"]
+
+
+@pytest.mark.parametrize("exit_code", [2, 1])  # 1: torchrun's own code when a worker exits 2
+def test_bad_input_fails_at_once_with_the_trainers_error_line(exit_code: int) -> None:
+    pod = worker(0, phase="Failed", exit_code=exit_code, message=TORCHRUN_FAILURE)
+    d = step(running(), [pod, worker(1)], at=10)
+    assert d.status["phase"] == "Failed" and d.status["reason"] == "InvalidInput"
+    assert "column 'text' not found; columns are [review, label]" in d.status["message"]
+    assert d.status["restarts"] == 0 and not d.restarted and not d.create
+    assert d.delete == [("pods", "sentiment-a1-1")]
+    assert condition(d.status, "Failed")["status"] == "True" and d.status["completionTime"]
+    # Terminal: no retry storm later either.
+    assert not step(d.status, [pod], at=60).create
+
+
+def test_the_backoff_limit_ends_in_failed() -> None:
+    status = running()
+    status.update(restarts=2, attempt=3)
+    d = step(status, [worker(0, 3, phase="Failed", exit_code=1), worker(1, 3)], at=10)
+    assert d.status["phase"] == "Failed" and d.status["reason"] == "BackoffLimitExceeded"
+    assert "backoffLimit 2" in d.status["message"]
+
+
+def test_suspend_deletes_the_workers_and_resume_starts_a_new_attempt() -> None:
+    status = running()
+    d = step(status, [worker(0), worker(1)], at=10, s=spec(suspend=True))
+    assert d.status["phase"] == "Suspended" and d.delete == [("pods", "sentiment-a1-0"), ("pods", "sentiment-a1-1")]
+    assert condition(d.status, "Suspended")["status"] == "True"
+    d2 = step(d.status, [worker(0, deleting=True)], at=11, s=spec(suspend=False))
+    assert not d2.create  # the old worker is still writing its final checkpoint
+    d3 = step(d2.status, [], at=12, s=spec(suspend=False))
+    assert d3.status["phase"] == "Pending" and d3.status["reason"] == "Resumed"
+    assert d3.status["attempt"] == 2 and d3.status["restarts"] == 0
+    assert "Pod/sentiment-a2-0" in created(d3)
+
+
+def test_a_job_created_suspended_waits_without_pods() -> None:
+    d = step(None, s=spec(suspend=True))
+    assert d.status["phase"] == "Suspended" and not d.create and "startTime" not in d.status
+
+
+def test_active_deadline_fails_the_job() -> None:
+    s = spec(activeDeadlineSeconds=60)
+    d = step(None, s=s)
+    assert d.requeue == 60
+    d2 = step(d.status, [worker(0), worker(1)], at=61, s=s)
+    assert d2.status["phase"] == "Failed" and d2.status["reason"] == "DeadlineExceeded"
+    assert sorted(d2.delete) == [("pods", "sentiment-a1-0"), ("pods", "sentiment-a1-1")]
+
+
+def test_training_done_without_serving_succeeds() -> None:
+    d = step(running(), [worker(0, phase="Succeeded", exit_code=0), worker(1, phase="Succeeded", exit_code=0)], at=9)
+    assert d.status["phase"] == "Succeeded" and d.status["completionTime"] == "2026-01-01T12:00:09Z"
+    assert condition(d.status, "Succeeded")["status"] == "True"
+    assert condition(d.status, "Training")["status"] == "False"
+
+
+SERVING = {"enabled": True, "repository": "/models", "tritonUrl": "http://127.0.0.1:8000", "modelName": "sent"}
+DONE = [worker(0, phase="Succeeded", exit_code=0), worker(1, phase="Succeeded", exit_code=0)]
+
+
+def exporting() -> L.Decision:
+    return step(running(), DONE, at=10, s=spec(serving=SERVING))
+
+
+def test_training_done_exports_then_publishes_and_succeeds_when_triton_serves_the_model() -> None:
+    d = exporting()
+    assert d.status["phase"] == "Exporting" and created(d) == ["Pod/sentiment-export-1"]
+    s = spec(serving=SERVING)
+    d2 = step(d.status, [*DONE, exporter(running=("publish",))], at=20, s=s)
+    assert d2.status["phase"] == "Publishing"
+    assert not L.wants_confirmation(d2.status, [exporter(running=("publish",))])
+    assert L.wants_confirmation(d2.status, [exporter(phase="Succeeded")])
+    d3 = step(d2.status, [*DONE, exporter(phase="Succeeded")], at=25, s=s,
+              served=Served(ready=False, name="sent", message="loading"))  # fmt: skip
+    assert d3.status["phase"] == "Publishing" and d3.requeue
+    served = Served(ready=True, name="sent", version=3, endpoint="http://127.0.0.1:8000")
+    d4 = step(d3.status, [*DONE, exporter(phase="Succeeded")], at=30, s=s, served=served)
+    assert d4.status["phase"] == "Succeeded" and d4.status["reason"] == "ModelReady"
+    assert d4.status["model"] == {"repository": "/models", "name": "sent", "version": 3,
+                                  "endpoint": "http://127.0.0.1:8000", "ready": True}  # fmt: skip
+    assert d4.published_seconds == 20
+
+
+def test_publication_that_never_becomes_ready_fails_after_the_timeout() -> None:
+    d = exporting()
+    s = spec(serving=SERVING)
+    d2 = step(d.status, [*DONE, exporter(phase="Succeeded")], at=75, s=s,
+              served=Served(ready=False, name="sent", message="model 'sent' is not found"))  # fmt: skip
+    assert d2.status["phase"] == "Failed" and d2.status["reason"] == "PublishFailed" and d2.publish_failed
+    assert "model 'sent' is not found" in d2.status["message"]
+
+
+def test_a_failed_export_is_retried_and_bad_input_is_not() -> None:
+    d = exporting()
+    s = spec(serving=SERVING)
+    d2 = step(d.status, [*DONE, exporter(phase="Failed", exit_code=1)], at=20, s=s)
+    assert created(d2) == ["Pod/sentiment-export-2"] and d2.status["exportAttempt"] == 2 and d2.publish_failed
+    d3 = step(d2.status, [*DONE, exporter(2, phase="Failed", exit_code=2, message="error: no model.onnx")], s=s)
+    assert d3.status["phase"] == "Failed" and "error" not in d3.status["message"][:5]
+    assert "no model.onnx" in d3.status["message"]
+
+
+def test_ttl_after_finished_deletes_pods_and_config_maps() -> None:
+    s = spec(ttlSecondsAfterFinished=30)
+    d = step(running(), DONE, at=10, s=s)
+    assert d.status["phase"] == "Succeeded"
+    d2 = step(d.status, DONE, at=20, s=s)
+    assert not d2.delete and d2.requeue == 20
+    d3 = step(d2.status, DONE, at=40, s=s)
+    assert sorted(d3.delete) == [("configmaps", "sentiment-a1-config"), ("pods", "sentiment-a1-0"),
+                                 ("pods", "sentiment-a1-1")]  # fmt: skip
+
+
+def test_an_invalid_spec_fails_with_every_field_named() -> None:
+    d = step(None, s=spec(hyperparameters={"learningRate": 5}, resources={"nodes": 0}))
+    assert d.status["phase"] == "Failed" and d.status["reason"] == "InvalidSpec" and not d.create
+    assert "spec.hyperparameters.learningRate: expected a number less than 1.0, got 5" in d.status["message"]
+    assert "spec.resources.nodes: expected a number of at least 1, got 0" in d.status["message"]
+
+
+def test_a_job_without_checkpoint_storage_cannot_run_on_a_cluster() -> None:
+    d = step(None, s=spec(checkpoint={}))
+    assert d.status["phase"] == "Failed" and "spec.checkpoint.storage: required on a cluster" in d.status["message"]
+
+
+def test_condition_transition_times_change_only_with_their_status() -> None:
+    d = step(None)
+    first = condition(d.status, "Training")["lastTransitionTime"]
+    d2 = step(d.status, [worker(0), worker(1)], at=30)
+    assert condition(d2.status, "Training")["lastTransitionTime"] == first
+    assert condition(d2.status, "Training")["reason"] == "Running"
+
+
+def test_generation_is_observed() -> None:
+    d = L.reconcile(L.JobMeta("sentiment", "ml", "u", generation=7), spec(), None, Observed(), T0, SETTINGS)
+    assert d.status["observedGeneration"] == 7
+    assert all(c["observedGeneration"] == 7 for c in d.status["conditions"])
+
+
+def test_pod_view_reads_exit_codes_and_messages_from_container_statuses() -> None:
+    pod = {
+        "metadata": {
+            "name": "sentiment-export-1",
+            "labels": {"app.kubernetes.io/component": "exporter", "finetune.dev/export": "1"},
+        },
+        "status": {
+            "phase": "Failed",
+            "initContainerStatuses": [{"name": "export", "state": {"terminated": {"exitCode": 0}}}],
+            "containerStatuses": [
+                {
+                    "name": "publish",
+                    "state": {
+                        "terminated": {"exitCode": 2, "reason": "Error", "message": "error: repository not writable"}
+                    },
+                }
+            ],
+        },
+    }
+    view = L.pod_view(pod)
+    assert (view.component, view.export, view.exit_code, view.failed_container) == ("exporter", 1, 2, "publish")
+    assert L.classify(view).permanent

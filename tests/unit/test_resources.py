@@ -1,0 +1,199 @@
+"""The pure builders: golden manifests for a 1x1, a 2x4 GPU and a CPU job, and the properties every child has.
+
+Regenerate the golden files after an intended change, and review the diff:
+
+    FINETUNE_UPDATE_GOLDEN=1 pytest tests/unit/test_resources.py
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from finetune_operator import api, resources
+from finetune_operator.settings import Settings
+from finetune_trainer.config import TrainerConfig
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+UID = "0b7c2d3e-1111-4222-8333-444455556666"
+SETTINGS = Settings(trainer_image="registry.example/finetune/trainer:0.1.0")
+
+BASE = {
+    "model": {"name": "bert-base-uncased"},
+    "dataset": {"train": "s3://data/reviews/train.csv", "validation": "s3://data/reviews/val.csv"},
+    "checkpoint": {"storage": "s3://ckpt/jobs", "s3": {"endpoint": "http://minio:9000", "credentialsSecret": "s3"}},
+}
+JOBS: dict[str, dict[str, Any]] = {
+    "job-1x1": {**BASE, "resources": {"nodes": 1, "gpusPerNode": 1}},
+    "job-2x4-gpu": {
+        **BASE,
+        "resources": {"nodes": 2, "gpusPerNode": 4, "cpu": "16", "memory": "64Gi", "shmSize": "8Gi"},
+        "hyperparameters": {"precision": "bf16", "batchSize": 32},
+        "serving": {
+            "enabled": True,
+            "repository": "s3://models/triton",
+            "tritonUrl": "http://triton:8000",
+            "s3": {"endpoint": "http://minio:9000", "credentialsSecret": "models"},
+        },
+        "template": {
+            "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+            "priorityClassName": "training",
+            "imagePullSecrets": ["regcred"],
+            "serviceAccountName": "trainer",
+        },
+    },
+    "job-cpu": {**BASE, "resources": {"nodes": 1, "processesPerNode": 2, "cpu": "4", "memory": "8Gi"}},
+}
+
+
+def job(name: str, spec: dict[str, Any], namespace: str = "ml") -> api.FineTuneJob:
+    return api.parse_job({"metadata": {"name": name, "namespace": namespace}, "spec": spec})
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the trainer config JSON) as literal blocks, so golden diffs read well."""
+
+
+_Dumper.add_representer(
+    str, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v, style="|" if "\n" in v else None)
+)
+
+
+def render(name: str) -> list[dict[str, Any]]:
+    j = job("sentiment", JOBS[name])
+    children = resources.worker_group(j, UID, 1, SETTINGS)
+    if j.spec.serving.enabled:
+        children.append(resources.export_pod(j, UID, 1, SETTINGS))
+    return children
+
+
+@pytest.mark.parametrize("name", sorted(JOBS))
+def test_golden_manifests(name: str) -> None:
+    text = yaml.dump_all(render(name), Dumper=_Dumper, sort_keys=False, width=120)
+    path = GOLDEN / f"{name}.yaml"
+    if os.environ.get("FINETUNE_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"{path} missing: run FINETUNE_UPDATE_GOLDEN=1 pytest {__file__}"
+    assert text == path.read_text(), f"{path.name} differs: review, then FINETUNE_UPDATE_GOLDEN=1 to accept"
+
+
+def pods(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [c for c in children if c["kind"] == "Pod"]
+
+
+def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
+
+
+@pytest.mark.parametrize("name", sorted(JOBS))
+def test_every_child_is_owned_and_labelled(name: str) -> None:
+    for child in render(name):
+        meta = child["metadata"]
+        assert meta["ownerReferences"] == [
+            {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob", "name": "sentiment", "uid": UID,
+             "controller": True, "blockOwnerDeletion": True}
+        ]  # fmt: skip
+        assert meta["namespace"] == "ml"
+        assert meta["labels"]["app.kubernetes.io/name"] == "finetune-operator"
+        assert meta["labels"]["finetune.dev/job"] == "sentiment"
+        assert meta["labels"]["app.kubernetes.io/component"] in ("trainer", "exporter")
+
+
+@pytest.mark.parametrize("name", sorted(JOBS))
+def test_pods_meet_the_restricted_pod_security_standard(name: str) -> None:
+    for pod in pods(render(name)):
+        sc = pod["spec"]["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["spec"]["restartPolicy"] == "Never"
+        for c in containers(pod):
+            csc = c["securityContext"]
+            assert csc["allowPrivilegeEscalation"] is False and csc["capabilities"] == {"drop": ["ALL"]}
+            assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+            keys = [e for e in c["env"] if e["name"] in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+            assert all("value" not in e and "secretKeyRef" in e["valueFrom"] for e in keys)
+
+
+def test_the_2x4_gpu_job_runs_torchrun_with_c10d_rendezvous_on_rank_0() -> None:
+    children = render("job-2x4-gpu")
+    workers = [p for p in pods(children) if p["metadata"]["labels"]["app.kubernetes.io/component"] == "trainer"]
+    assert [p["metadata"]["name"] for p in workers] == ["sentiment-a1-0", "sentiment-a1-1"]
+    for rank, pod in enumerate(workers):
+        labels = pod["metadata"]["labels"]
+        assert labels["finetune.dev/rank"] == str(rank) and labels["finetune.dev/attempt"] == "1"
+        assert pod["spec"]["hostname"] == f"sentiment-workers-{rank}"
+        assert pod["spec"]["subdomain"] == "sentiment-workers"
+        (c,) = pod["spec"]["containers"]
+        assert c["command"][:8] == [
+            "torchrun", "--nnodes=2", "--nproc-per-node=4", "--rdzv-backend=c10d",
+            "--rdzv-endpoint=sentiment-workers-0.sentiment-workers:29400", f"--rdzv-id={UID}-1",
+            "--max-restarts=0", "-m",
+        ]  # fmt: skip
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
+        assert c["resources"]["requests"] == {"cpu": "16", "memory": "64Gi", "nvidia.com/gpu": "4"}
+        metrics = [(p["name"], p["containerPort"]) for p in c["ports"] if p["name"].startswith("metrics")]
+        assert metrics == [("metrics", 9400), ("metrics-1", 9401), ("metrics-2", 9402), ("metrics-3", 9403)]
+        shm = next(v for v in pod["spec"]["volumes"] if v["name"] == "dshm")
+        assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+        assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
+        assert pod["spec"]["tolerations"][0]["operator"] == "Exists"
+        assert pod["spec"]["priorityClassName"] == "training"
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    service = next(c for c in children if c["kind"] == "Service")
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["metadata"]["name"] == "sentiment-workers"
+
+
+def test_s3_credentials_come_from_secret_references_only() -> None:
+    pod = pods(render("job-1x1"))[0]
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {"secretKeyRef": {"name": "s3", "key": "accessKey"}}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "s3", "key": "secretKey"}}
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
+    assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
+
+
+def test_the_config_map_is_the_trainer_config_with_the_default_output() -> None:
+    cm = render("job-cpu")[0]
+    assert cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == "sentiment-a1-config"
+    cfg = TrainerConfig.model_validate_json(cm["data"]["trainer.json"])
+    assert cfg.job_name == "sentiment" and cfg.namespace == "ml"
+    assert cfg.output_uri == "s3://ckpt/jobs/ml/sentiment/model-output"
+    assert cfg.checkpoint.storage == "s3://ckpt/jobs"
+    pod = pods(render("job-cpu"))[0]
+    assert pod["spec"]["containers"][0]["command"][-2:] == ["--config", "/etc/finetune/trainer.json"]
+    assert pod["spec"]["volumes"][0] == {"name": "config", "configMap": {"name": "sentiment-a1-config"}}
+
+
+def test_a_cpu_job_gets_no_gpus_and_shares_its_cores_between_processes() -> None:
+    (pod,) = pods(render("job-cpu"))
+    c = pod["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    assert {"name": "OMP_NUM_THREADS", "value": "2"} in c["env"]
+    assert "--nproc-per-node=2" in c["command"] and "--rdzv-endpoint=localhost:0" in c["command"]
+
+
+def test_export_pod_exports_then_publishes_with_the_repository_credentials() -> None:
+    pod = render("job-2x4-gpu")[-1]
+    assert pod["metadata"]["name"] == "sentiment-export-1"
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "exporter"
+    (export,) = pod["spec"]["initContainers"]
+    (publish,) = pod["spec"]["containers"]
+    assert export["command"][1:4] == ["-m", "finetune_trainer", "export"]
+    assert publish["command"][1:4] == ["-m", "finetune_trainer", "publish"]
+    assert "s3://models/triton" in publish["command"] and "http://triton:8000" in publish["command"]
+    secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in publish["env"] if "valueFrom" in e}
+    assert secrets == {"models"}
+
+
+def test_a_name_too_long_for_pod_hostnames_is_reported() -> None:
+    assert resources.name_errors("a" * 52, 101) == [
+        f"metadata.name: at most 51 characters for 101 nodes (pod hostname {'a' * 52 + '-workers-100'!r} is too long)"
+    ]
+    assert resources.name_errors("a" * 52, 100) == []
