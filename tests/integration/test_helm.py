@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -142,10 +143,8 @@ def test_operator_pod_is_hardened_and_probed(rendered: tuple[str, list[dict]]) -
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
     assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
-    if peering:
-        assert "--peering=finetune-operator" in args and "--standalone" not in args
-    else:
-        assert "--standalone" in args and deploy["spec"]["replicas"] == 1
+    if not peering:
+        assert deploy["spec"]["replicas"] == 1
     env = {e["name"]: e.get("value") for e in container["env"]}
     if namespaces is None:
         assert "--all-namespaces" in args and env["FINETUNE_NAMESPACES"] == ""
@@ -154,6 +153,29 @@ def test_operator_pod_is_hardened_and_probed(rendered: tuple[str, list[dict]]) -
         assert env["FINETUNE_NAMESPACES"] == ",".join(namespaces)
     assert env["FINETUNE_METRICS_PORT"] == "9090" and env["FINETUNE_TRAINER_METRICS_PORT"] == "9400"
     assert env.get("FINETUNE_PEERING") == ("finetune-operator" if peering else None)
+
+
+def test_operator_entry_point_accepts_the_chart_arguments(rendered: tuple[str, list[dict]]) -> None:
+    """The real `python -m finetune_operator` parser takes the chart's arguments and runs the kopf we expect."""
+    main = pytest.importorskip("finetune_operator.__main__", reason="operator entry point not written yet")
+    name, objs = rendered
+    _, namespaces, peering = CONFIGS[name]
+    deploy = next(d for d in by_kind(objs, "Deployment") if d["metadata"]["name"] == "finetune-operator")
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    parser = argparse.ArgumentParser()
+    main.add_arguments(parser)
+    args = parser.parse_args(container["args"])  # exits (fails the test) on an argument it does not know
+    from finetune_operator.settings import Settings
+
+    settings = Settings.from_env(env)
+    kopf = main.kopf_argv(args, settings.namespaces, settings.peering)
+    assert "--liveness=http://0.0.0.0:8080/healthz" in kopf
+    assert ("--peering=finetune-operator" in kopf) == peering and ("--standalone" in kopf) != peering
+    if namespaces is None:
+        assert "--all-namespaces" in kopf
+    else:
+        assert [a.split("=", 1)[1] for a in kopf if a.startswith("--namespace=")] == namespaces
 
 
 def test_operator_reads_storage_credentials_from_a_secret(helm_bin: str) -> None:
