@@ -138,3 +138,41 @@ def test_sentence_pairs(tmp_path, tiny_bert):
 
     tok = AutoTokenizer.from_pretrained(tmp_path / "out" / "model")
     assert 1 in tok("a b", "c d")["token_type_ids"]
+
+
+def _run_with_stderr_on_a_terminal(config: Path) -> str:
+    """Run one trainer process whose stderr is a pseudo-terminal, as in an interactive shell."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "finetune_trainer", "train", "--config", str(config)],
+                            stderr=follower, stdout=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "160"})
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the process is gone
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    os.close(leader)
+    assert proc.returncode == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_and_log_lines_otherwise(tmp_path, tiny_bert, sentiment_csv):
+    train, val = sentiment_csv
+    config = write_config(tmp_path, tiny_bert, {"train": str(train), "validation": str(val)}, hp={"maxSteps": 6})
+    screen = _run_with_stderr_on_a_terminal(config)
+    assert "6/6" in screen and "loss=" in screen and "samples_s=" in screen and "lr=" in screen
+    assert "\r" in screen, "a terminal gets a redrawn bar"
+
+    proc = subprocess.run([sys.executable, "-m", "finetune_trainer", "train", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    lines = [line for line in proc.stderr.splitlines() if "step=6/6" in line]
+    assert lines and "loss=" in lines[0] and "samples_per_second=" in lines[0] and "eta=" in lines[0]
+    assert "\r" not in proc.stderr

@@ -44,7 +44,14 @@ class Progress:
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr)
+            try:
+                size = os.get_terminal_size(sys.stderr.fileno())
+            except OSError:
+                size = os.terminal_size((0, 0))
+            # A terminal that reports no size (some pseudo-terminals) would otherwise hide the bar entirely.
+            sized = size.columns > 0 and size.lines > 0
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", file=sys.stderr,
+                            dynamic_ncols=sized, ncols=None if sized else 120, nrows=None if sized else 24)
 
     def eta(self, step: int) -> float | None:
         done = step - self.start_step
