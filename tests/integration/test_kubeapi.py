@@ -340,6 +340,9 @@ def test_pod_field_selectors_on_an_unschedulable_pod(kube_api: KubeApi, core: cl
     pending = core.list_namespaced_pod(ns, field_selector="status.phase=Pending,spec.nodeName=").items
     assert [p.metadata.name for p in pending] == ["waiting"]
     assert core.list_namespaced_pod(ns, field_selector="status.phase=Running").items == []
+    change = {"metadata": {"labels": {"a": "b"}}, "status": {"phase": "Running"}}
+    patched = core.patch_namespaced_pod("waiting", ns, change)
+    assert patched.status.phase == "Pending" and patched.metadata.labels == {"a": "b"}, "status is a subresource"
 
 
 # ----- watch -------------------------------------------------------------------------------------------------
@@ -595,11 +598,11 @@ def test_pod_runs_with_env_volumes_and_init_containers(kube_api: KubeApi, node_a
            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
            {"name": "CONFIG", "value": "/etc/job/job.json"},
            {"name": "MESSAGE", "value": "$(GREETING) from $(POD)"}]  # fmt: skip
-    script = 'echo "$MESSAGE $TOKEN"; cat "$CONFIG"; echo; cat /work/ready; test -n "$IP"'
-    pod = _pod("runner", script, initContainers=[init], container={
-        "env": env, "volumeMounts": [{"name": "conf", "mountPath": "/etc/job"}, {"name": "scratch",
-                                                                                 "mountPath": "/work"}]},
-        volumes=[{"name": "conf", "configMap": {"name": "conf"}}, {"name": "scratch", "emptyDir": {}}])  # fmt: skip
+    script = 'echo "$MESSAGE $TOKEN"; cat "$CONFIG"; echo; cat ready; test -n "$IP"'
+    mounts = [{"name": "conf", "mountPath": "/etc/job"}, {"name": "scratch", "mountPath": "/work"}]
+    volumes = [{"name": "conf", "configMap": {"name": "conf"}}, {"name": "scratch", "emptyDir": {}}]
+    main = {"env": env, "workingDir": "/work", "volumeMounts": mounts}
+    pod = _pod("runner", script, initContainers=[init], container=main, volumes=volumes)
     core.create_namespaced_pod(ns, pod)
     done = _phase(core, ns, "runner", "Succeeded", "Failed")
     assert done.status.phase == "Succeeded", kube_api.kubectl("logs", "runner", check=False).stdout
