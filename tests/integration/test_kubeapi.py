@@ -630,6 +630,23 @@ def test_pod_exit_codes_and_restart_policies(kube_api: KubeApi, node_agent: Any,
     assert retried.status.phase == "Succeeded" and retried.status.container_statuses[0].restart_count == 1
 
 
+def test_pod_hostname_and_service_names(kube_api: KubeApi, node_agent: Any, core: client.CoreV1Api) -> None:
+    ns = kube_api.namespace
+    core.create_namespaced_service(ns, {"metadata": {"name": "peers"}, "spec": {
+        "clusterIP": "None", "selector": {"app": "peer"}, "ports": [{"name": "rdzv", "port": 29400}]}})  # fmt: skip
+    script = 'echo "$HOSTNAME"; echo "$0"; echo "$PEER"'
+    env = [{"name": "PEER", "value": f"peers.{ns}.svc.cluster.local"}]
+    container = {"args": ["peer-0.peers:29400"], "env": env}
+    pod = _pod("peer-pod", script, hostname="peer-0", subdomain="peers", container=container)
+    core.create_namespaced_pod(ns, pod)
+    done = _phase(core, ns, "peer-pod", "Succeeded", "Failed")
+    assert done.status.phase == "Succeeded"
+    lines = core.read_namespaced_pod_log("peer-pod", ns).splitlines()
+    assert lines[0] == "peer-0"
+    if kube_api.stand_in:
+        assert lines[1:] == ["127.0.0.1:29400", "127.0.0.1"], "service names point at the only node"
+
+
 def test_pod_deletion_stops_the_process(kube_api: KubeApi, node_agent: Any, core: client.CoreV1Api) -> None:
     ns = kube_api.namespace
     core.create_namespaced_pod(ns, _pod("sleeper", "echo started; exec sleep 300", terminationGracePeriodSeconds=2))
