@@ -90,6 +90,22 @@ def test_save_snapshots_state_before_training_goes_on(storage: Storage, tmp_path
         assert torch.equal(loaded["model"][name], tensor)
 
 
+def test_snapshots_reuse_buffers_from_the_previous_save(tmp_path: Path) -> None:
+    from finetune_trainer.checkpoint import SnapshotBuffers
+
+    _, _, state = train_state()
+    buffers = SnapshotBuffers()
+    lent: list = []
+    first = buffers.snapshot(state, lent)  # kept alive: fresh allocations could not reuse its addresses
+    pointers = sorted(buf.data_ptr() for _, buf in lent)
+    buffers.release(lent)
+    second = buffers.snapshot(state, lent)
+    assert sorted(buf.data_ptr() for _, buf in lent) == pointers, "no new allocation on the second save"
+    assert first is not second
+    for name, tensor in state["model"].items():
+        assert torch.equal(second["model"][name], tensor) and second["model"][name].data_ptr() != tensor.data_ptr()
+
+
 def test_retention_keeps_last_k_and_the_best(storage: Storage, tmp_path: Path) -> None:
     _, _, state = train_state()
     with manager(storage, tmp_path, keep_last=2, metric_mode="max") as ckpt:

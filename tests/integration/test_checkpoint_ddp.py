@@ -25,6 +25,11 @@ def torchrun(mode: str, url: str, out: Path, env: dict[str, str]) -> subprocess.
 @pytest.mark.slow
 def test_two_ranks_save_and_resume_from_s3(s3_server: S3Server, tmp_path: Path) -> None:
     url = s3_server.url("jobs/ddp/checkpoints")
+    # A done marker left by an earlier, crashed attempt at step 4: rank 0 must not commit with it.
+    stale = {"save_id": "earlier-attempt", "rank": 1, "objects": [{"key": "rank-00001.pt", "size": 1, "sha256": "0"}]}
+    s3_server.client().put_object(
+        Bucket=s3_server.bucket, Key="jobs/ddp/checkpoints/checkpoint-00000004/done-00001.json", Body=json.dumps(stale)
+    )
     saved = torchrun("save", url, tmp_path, s3_server.env())
     assert saved.returncode == 0, saved.stdout + saved.stderr
     assert "rank 0: saved OK" in saved.stdout and "rank 1: saved OK" in saved.stdout

@@ -108,21 +108,44 @@ class _HashingWriter:
         self.f.flush()
 
 
-def snapshot(obj: Any) -> Any:
-    """A deep copy with every tensor copied to CPU memory, so training can go on changing the originals."""
-    import torch
+class SnapshotBuffers:
+    """CPU tensors reused from one save to the next.
 
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, OrderedDict):
-        return OrderedDict((k, snapshot(v)) for k, v in obj.items())
-    if isinstance(obj, dict):
-        return {k: snapshot(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [snapshot(v) for v in obj]
-    if type(obj) is tuple:
-        return tuple(snapshot(v) for v in obj)
-    return copy.deepcopy(obj)
+    Fresh allocations cost as much as the copy itself (page faults), so after the first save a snapshot is a
+    plain memcpy into last save's buffers. Buffers for GPU tensors are pinned, so the device-to-host copies
+    run at full speed. Costs one state's worth of host memory for the life of the manager.
+    """
+
+    def __init__(self) -> None:
+        self.free: dict[tuple, list] = {}
+
+    def snapshot(self, obj: Any, lent: list) -> Any:
+        """A deep copy with every tensor copied to CPU memory; the buffers used are appended to ``lent``."""
+        import torch
+
+        if isinstance(obj, torch.Tensor):
+            if obj.layout != torch.strided:
+                return obj.detach().to("cpu", copy=True)
+            key = (tuple(obj.shape), obj.dtype, obj.is_cuda)
+            pool = self.free.get(key)
+            buf = pool.pop() if pool else torch.empty(key[0], dtype=obj.dtype, pin_memory=obj.is_cuda)
+            buf.copy_(obj.detach(), non_blocking=obj.is_cuda)
+            lent.append((key, buf))
+            return buf
+        if isinstance(obj, OrderedDict):
+            return OrderedDict((k, self.snapshot(v, lent)) for k, v in obj.items())
+        if isinstance(obj, dict):
+            return {k: self.snapshot(v, lent) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [self.snapshot(v, lent) for v in obj]
+        if type(obj) is tuple:
+            return tuple(self.snapshot(v, lent) for v in obj)
+        return copy.deepcopy(obj)
+
+    def release(self, lent: list) -> None:
+        for key, buf in lent:
+            self.free.setdefault(key, []).append(buf)
+        lent.clear()
 
 
 def _file_digest(path: Path) -> tuple[int, str]:
@@ -197,6 +220,7 @@ class CheckpointManager:
         self.staging.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-upload")
         self._pending: Future | None = None
+        self._buffers = SnapshotBuffers()
         self._verified: dict[str, dict[str, Path]] = {}  # prefix -> downloaded, verified files
         self._manifests: dict[int, dict] = {}  # step -> manifest, for retention
         self.last_stats: SaveStats | None = None
@@ -241,27 +265,38 @@ class CheckpointManager:
         stats = SaveStats(step=step, rank=self.rank, wait_seconds=time.perf_counter() - start)
         save_id = self._save_id()
         t = time.perf_counter()
-        state_copy = snapshot(state) if self.rank == 0 else None
-        rank_copy = snapshot(rank_state) if rank_state is not None else None
+        lent: list = []
+        state_copy = self._buffers.snapshot(state, lent) if self.rank == 0 else None
+        rank_copy = self._buffers.snapshot(rank_state, lent) if rank_state is not None else None
+        if any(key[2] for key, _ in lent):
+            import torch
+
+            torch.cuda.synchronize()  # the device-to-host copies were asynchronous
         stats.snapshot_seconds = time.perf_counter() - t
 
         def job() -> SaveStats:
-            self._upload(step, save_id, state_copy, rank_copy, metric, stats)
+            try:
+                self._upload(step, save_id, state_copy, rank_copy, metric, stats)
+            finally:
+                self._buffers.release(lent)
+            if blocking:
+                stats.blocked_seconds = time.perf_counter() - start
             self.last_stats = stats
             if self.on_saved is not None:
                 self.on_saved(stats)
             return stats
 
         if blocking:
-            self._upload(step, save_id, state_copy, rank_copy, metric, stats)
-            stats.blocked_seconds = time.perf_counter() - start
-            self.last_stats = stats
-            if self.on_saved is not None:
-                self.on_saved(stats)
+            job()
         else:
             stats.blocked_seconds = time.perf_counter() - start
             self._pending = self._executor.submit(job)
         return stats
+
+    @property
+    def busy(self) -> bool:
+        """True while a background upload is in flight (a save() now would wait for it)."""
+        return self._pending is not None and not self._pending.done()
 
     def wait(self) -> None:
         """Wait for the in-flight upload, if any, and re-raise its error."""
@@ -304,7 +339,6 @@ class CheckpointManager:
             objects.append(self._put_object(prefix, STATE, state, stats))
         if rank_state is not None:
             objects.append(self._put_object(prefix, rank_file(self.rank), rank_state, stats))
-        del state, rank_state  # free the CPU copies before waiting on other ranks
         if self.rank == 0:
             objects += self._gather_markers(prefix, save_id)
             manifest = {

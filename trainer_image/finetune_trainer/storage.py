@@ -467,6 +467,8 @@ class S3Storage:
         return self._call("get", key, get)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create-only PUT (``If-None-Match: *``). A retried request whose first attempt did land reads as
+        False: callers that must know should compare the stored bytes."""
         try:
             self._call(
                 "put_if_absent",
