@@ -590,8 +590,8 @@ def test_pod_runs_with_env_volumes_and_init_containers(kube_api: KubeApi, node_a
         ns, {"metadata": {"name": "conf"}, "data": {"greeting": "hello", "job.json": '{"steps": 3}'}}
     )
     core.create_namespaced_secret(ns, {"metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}})
-    init = {"name": "prepare", "image": "busybox", "command": ["sh", "-c", "echo prepared > /work/ready"],
-            "volumeMounts": [{"name": "scratch", "mountPath": "/work"}]}  # fmt: skip
+    init = {"name": "prepare", "image": "busybox", "command": ["sh", "-c", "echo prepared > /scratch/ready"],
+            "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}  # fmt: skip
     env = [{"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "conf", "key": "greeting"}}},
            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -599,9 +599,9 @@ def test_pod_runs_with_env_volumes_and_init_containers(kube_api: KubeApi, node_a
            {"name": "CONFIG", "value": "/etc/job/job.json"},
            {"name": "MESSAGE", "value": "$(GREETING) from $(POD)"}]  # fmt: skip
     script = 'echo "$MESSAGE $TOKEN"; cat "$CONFIG"; echo; cat ready; test -n "$IP"'
-    mounts = [{"name": "conf", "mountPath": "/etc/job"}, {"name": "scratch", "mountPath": "/work"}]
+    mounts = [{"name": "conf", "mountPath": "/etc/job"}, {"name": "scratch", "mountPath": "/scratch"}]
     volumes = [{"name": "conf", "configMap": {"name": "conf"}}, {"name": "scratch", "emptyDir": {}}]
-    main = {"env": env, "workingDir": "/work", "volumeMounts": mounts}
+    main = {"env": env, "workingDir": "/scratch", "volumeMounts": mounts}
     pod = _pod("runner", script, initContainers=[init], container=main, volumes=volumes)
     core.create_namespaced_pod(ns, pod)
     done = _phase(core, ns, "runner", "Succeeded", "Failed")
