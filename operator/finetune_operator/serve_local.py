@@ -1,0 +1,176 @@
+"""`finetune serve REPO`: run a local Triton Inference Server over a model repository.
+
+The server binary is found in this order:
+
+1. the ``nvidia-pytriton`` wheel's bundled Triton (``pytriton/tritonserver``), which is prepared in a work
+   directory once (the Python-backend stub for this interpreter copied into ``backends/python``);
+2. a ``tritonserver`` on ``PATH`` (a Triton container or a system install), used with its own backends.
+
+The server runs with explicit model control and loads every model at start (``--load-model=*``) so that
+``python -m finetune_trainer publish --triton-url ...`` can load new versions into it later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class TritonNotFoundError(RuntimeError):
+    """No Triton server binary is installed."""
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Where a runnable tritonserver lives and the environment it needs."""
+
+    binary: Path
+    backend_dir: Path | None = None
+    cache_dir: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _pytriton_root() -> Path | None:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    return root if (root / "bin" / "tritonserver").exists() else None
+
+
+def _prepare_pytriton(root: Path, work: Path) -> TritonInstall:
+    """Copy the bundled server into ``work`` with the Python-backend stub of this interpreter."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise TritonNotFoundError(f"nvidia-pytriton has no Python-backend stub for Python {version} ({stub})")
+    server = work / "tritonserver"
+    if not (server / "backends" / "python" / "triton_python_backend_stub").exists():
+        staging = Path(tempfile.mkdtemp(prefix=".tritonserver-", dir=work))
+        shutil.copytree(root, staging / "t", symlinks=True)
+        shutil.copy2(stub, staging / "t" / "backends" / "python" / "triton_python_backend_stub")
+        shutil.rmtree(server, ignore_errors=True)
+        os.replace(staging / "t", server)
+        shutil.rmtree(staging, ignore_errors=True)
+    libs = root.parent.parent / "nvidia_pytriton.libs"
+    # The stub embeds Python: it must find this interpreter's libpython (LIBDIR), not the system one.
+    ld_path = [p for p in (sysconfig.get_config_var("LIBDIR"), str(libs)) if p]
+    if os.environ.get("LD_LIBRARY_PATH"):
+        ld_path.append(os.environ["LD_LIBRARY_PATH"])
+    env = {
+        "LD_LIBRARY_PATH": ":".join(ld_path),
+        # Python models run with the interpreter (and packages) of this environment.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    return TritonInstall(server / "bin" / "tritonserver", server / "backends", server / "caches", env)
+
+
+def find_tritonserver(work_dir: Path | None = None) -> TritonInstall:
+    """Locate a runnable tritonserver (see the module docstring for the search order).
+
+    Args:
+        work_dir: where the bundled pytriton server is prepared (default: a per-user cache folder).
+
+    Raises:
+        TritonNotFoundError: with install instructions when no server is found.
+    """
+    root = _pytriton_root()
+    if root is not None:
+        work = work_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "finetune"
+        work.mkdir(parents=True, exist_ok=True)
+        return _prepare_pytriton(root, work)
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return TritonInstall(Path(on_path))
+    raise TritonNotFoundError(
+        "no Triton Inference Server found: install one with `pip install nvidia-pytriton==0.7.0 --no-deps` "
+        "(bundles tritonserver with the Python backend) or run inside a Triton container "
+        "(nvcr.io/nvidia/tritonserver) where `tritonserver` is on PATH"
+    )
+
+
+def server_command(
+    install: TritonInstall,
+    repository: Path | str,
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    metrics_port: int = 8002,
+    address: str = "127.0.0.1",
+    load_all: bool = True,
+    extra: list[str] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that start tritonserver over ``repository`` with explicit model control."""
+    argv = [
+        str(install.binary),
+        f"--model-repository={repository}",
+        f"--http-address={address}",
+        f"--http-port={http_port}",
+        f"--grpc-address={address}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-address={address}",
+        f"--metrics-port={metrics_port}",
+        "--model-control-mode=explicit",
+        "--exit-on-error=false",
+        "--strict-readiness=false",
+    ]
+    if install.backend_dir is not None:
+        argv.append(f"--backend-directory={install.backend_dir}")
+    if install.cache_dir is not None:
+        argv.append(f"--cache-directory={install.cache_dir}")
+    if load_all:
+        argv.append("--load-model=*")
+    argv += extra or []
+    return argv, {**os.environ, **install.env}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `finetune serve`."""
+    parser.add_argument("repository", help="model repository: a folder, or s3://bucket/prefix if Triton has S3")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--address", default="127.0.0.1", help="listen address (0.0.0.0 to serve others)")
+    parser.add_argument("--no-load", action="store_true", help="start with no model loaded")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start tritonserver in the foreground until it exits or is interrupted."""
+    repository = args.repository
+    if "://" not in repository:
+        path = Path(repository)
+        if not path.is_dir():
+            print(f"error: model repository {repository} is not a folder", file=sys.stderr)
+            return 2
+        repository = str(path.resolve())
+    try:
+        install = find_tritonserver()
+    except TritonNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    argv, env = server_command(
+        install, repository, args.http_port, args.grpc_port, args.metrics_port, args.address, not args.no_load
+    )
+    print(
+        f"serving {repository}: HTTP {args.address}:{args.http_port}, gRPC {args.address}:{args.grpc_port}, "
+        f"metrics {args.address}:{args.metrics_port}",
+        file=sys.stderr,
+    )
+    proc = subprocess.Popen(argv, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
