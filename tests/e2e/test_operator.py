@@ -1,0 +1,128 @@
+"""The real operator (`python -m finetune_operator`) against the API stand-in, with pods run by the node agent:
+real torchrun (2 processes), real checkpoints, real export and publication into a Triton served by the test.
+
+Three jobs carry all assertions (each training run is the expensive part):
+- test_job_from_apply_to_served_model: progress, operator killed and restarted mid-run, export, publication,
+  Succeeded with status.model, operator metrics, deletion garbage-collects every child.
+- test_worker_crash_and_suspend_resume_continue_from_checkpoints: a worker killed -> Restarting -> resumed;
+  suspend -> pods gone; resume -> continues from the checkpoint -> Succeeded.
+- test_bad_dataset_fails_once_with_the_trainers_reason: Failed, the trainer's error line, no retries.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Jobs, Operator, phase_is
+from tests.fixtures.kube import eventually
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+
+def stepped(minimum: int):
+    return lambda s: s.get("phase") == "Running" and ((s.get("progress") or {}).get("step") or 0) >= minimum
+
+
+def active_trainers(jobs: Jobs, name: str) -> list[Any]:
+    pods = jobs.pods(name)
+    return [p for p in pods if p.status.phase in ("Pending", "Running") and not p.metadata.deletion_timestamp]
+
+
+def trainer_log(jobs: Jobs, pod: str) -> str:
+    return jobs.core.read_namespaced_pod_log(pod, jobs.kube.namespace, container="trainer")
+
+
+def test_job_from_apply_to_served_model(operator: Operator, jobs: Jobs, job_manifest, serving_target) -> None:
+    name = "sentiment"
+    jobs.create(job_manifest(name, max_steps=60, every=10, serving=serving_target.serving))
+
+    status = jobs.wait(name, stepped(10), 180, "training with progress", operator)
+    progress = status["progress"]
+    assert progress["totalSteps"] == 60 and 0 < progress["percent"] <= 100 and "etaSeconds" in progress
+    assert status["attempt"] == 1 and status["restarts"] == 0
+    assert "loss" in status["metrics"]
+    before = {p.metadata.name: p.metadata.uid for p in jobs.pods(name)}
+    assert sorted(before) == ["sentiment-a1-0"]
+
+    # The operator dies mid-run (SIGKILL, no cleanup) and comes back: it adopts the running pods.
+    operator.kill()
+    operator.start()
+    jobs.wait(name, lambda s: (s.get("progress") or {}).get("step", 0) > progress["step"], 120, "progress after "
+              "operator restart", operator)  # fmt: skip
+    after = {p.metadata.name: p.metadata.uid for p in jobs.pods(name)}
+    assert after == before, "the restarted operator created or replaced worker pods"
+
+    final = jobs.wait(name, phase_is("Succeeded", "Failed"), 300, "finished", operator)
+    assert final["phase"] == "Succeeded", final
+    assert final["restarts"] == 0 and final["progress"]["percent"] == 100.0
+    assert final["metrics"]["accuracy"] >= 0.75, final["metrics"]
+    serving_target.check(final)
+    reasons = [e.split(":")[0] for e in jobs.events(name)]
+    for expected in ("Created", "Running", *serving_target.reasons):
+        assert expected in reasons, reasons
+    scraped = operator.scrape()
+    assert f'finetune_operator_jobs{{namespace="{jobs.kube.namespace}",phase="Succeeded"}} 1.0' in scraped
+    assert f'finetune_operator_job_info{{job="{name}",namespace="{jobs.kube.namespace}",phase="Succeeded"}}' in scraped
+
+    # Delete: the finalizer deletes every child, then the job goes.
+    assert any(jobs.children(name).values())
+    jobs.delete(name)
+    eventually(lambda: not jobs.exists(name), timeout=60, what="job deleted")
+    eventually(lambda: not any(jobs.children(name).values()), timeout=60, what="children garbage-collected")
+
+
+def test_worker_crash_and_suspend_resume_continue_from_checkpoints(
+    operator: Operator, jobs: Jobs, job_manifest, node_agent
+) -> None:
+    name = "resilient"
+    jobs.create(job_manifest(name, max_steps=80, every=5))
+    jobs.wait(name, stepped(12), 180, "past the first checkpoints", operator)
+
+    # A worker crashes (its process group is SIGKILLed): the group restarts from the latest checkpoint.
+    assert node_agent.kill_pod(jobs.kube.namespace, "resilient-a1-0", signal.SIGKILL) >= 1
+    restarting = jobs.wait(name, phase_is("Restarting"), 60, "Restarting", operator)
+    assert restarting["restarts"] == 1 and restarting["attempt"] == 2 and restarting["reason"] == "Killed"
+    jobs.wait(name, lambda s: s.get("phase") == "Running" and s.get("attempt") == 2, 120, "attempt 2", operator)
+    eventually(lambda: "resumed from checkpoint at step" in trainer_log(jobs, "resilient-a2-0"), timeout=120,
+               what="attempt 2 resumed from a checkpoint")  # fmt: skip
+    resumed_at = int(trainer_log(jobs, "resilient-a2-0").split("resumed from checkpoint at step ")[1].split()[0])
+    assert resumed_at >= 10
+
+    # Suspend (as Kueue does): workers stop after a final checkpoint; resume continues from it.
+    jobs.patch_spec(name, {"suspend": True})
+    jobs.wait(name, phase_is("Suspended"), 60, "Suspended", operator)
+    eventually(lambda: not active_trainers(jobs, name), timeout=60, what="worker pods gone")
+    jobs.patch_spec(name, {"suspend": False})
+    jobs.wait(name, lambda s: s.get("attempt") == 3 and s.get("phase") in ("Pending", "Running"), 60, "resumed")
+    eventually(lambda: "resumed from checkpoint at step" in trainer_log(jobs, "resilient-a3-0"), timeout=120,
+               what="attempt 3 resumed from a checkpoint")  # fmt: skip
+    second = int(trainer_log(jobs, "resilient-a3-0").split("resumed from checkpoint at step ")[1].split()[0])
+    assert second >= resumed_at, "attempt 3 started over instead of continuing"
+
+    final = jobs.wait(name, phase_is("Succeeded", "Failed"), 240, "finished", operator)
+    assert final["phase"] == "Succeeded", final
+    assert final["restarts"] == 1 and final["attempt"] == 3
+    reasons = [e.split(":")[0] for e in jobs.events(name)]
+    assert {"Killed", "Suspended", "Resumed"} <= set(reasons), reasons
+    assert 'finetune_operator_restarts_total{job="resilient"' in operator.scrape()
+
+
+def test_bad_dataset_fails_once_with_the_trainers_reason(
+    operator: Operator, jobs: Jobs, job_manifest, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("review,label\ngreat film,positive\nawful film,negative\n" * 20)
+    body = job_manifest("badinput")
+    body["spec"]["dataset"] = {"train": str(bad)}
+    jobs.create(body)
+    final = jobs.wait("badinput", phase_is("Failed", "Succeeded"), 180, "failed", operator)
+    assert final["phase"] == "Failed" and final["reason"] == "InvalidInput", final
+    assert "text" in final["message"] and "review" in final["message"], final["message"]
+    assert final["restarts"] == 0 and final["attempt"] == 1
+    failed = next(c for c in final["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["message"] == final["message"]
+    assert [p.metadata.name for p in jobs.pods("badinput")] == ["badinput-a1-0"]
