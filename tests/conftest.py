@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.observability",
     "tests.fixtures.s3",
+    "tests.fixtures.triton",
 ]

@@ -13,6 +13,7 @@ The server runs with explicit model control and loads every model at start (``--
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import venv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,10 +70,48 @@ def _prepare_pytriton(root: Path, work: Path) -> TritonInstall:
         ld_path.append(os.environ["LD_LIBRARY_PATH"])
     env = {
         "LD_LIBRARY_PATH": ":".join(ld_path),
-        # Python models run with the interpreter (and packages) of this environment.
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        "PYTHONDONTWRITEBYTECODE": "1",  # no __pycache__ inside the model repository
+        # Python models run with the interpreter (and packages) of the first python on PATH.
+        "PATH": os.pathsep.join([str(_stub_python(work)), os.environ.get("PATH", "")]),
     }
     return TritonInstall(server / "bin" / "tritonserver", server / "backends", server / "caches", env)
+
+
+def _numpy_major() -> int:
+    try:
+        return int(importlib.metadata.version("numpy").split(".")[0])
+    except importlib.metadata.PackageNotFoundError:
+        return 0
+
+
+def _stub_python(work: Path) -> Path:
+    """The bin folder of the Python that the bundled Python-backend stub should run.
+
+    The stub in nvidia-pytriton 0.7 is built against numpy 1.x: with numpy 2 it corrupts string (BYTES)
+    tensors. When this environment has numpy 2, the stub gets a small virtualenv whose path puts a numpy 1.x
+    folder (``FINETUNE_TRITON_NUMPY``, a ``pip install --target`` of numpy<2) before this environment's
+    packages.
+    """
+    here = Path(sys.executable).parent
+    numpy1 = os.environ.get("FINETUNE_TRITON_NUMPY")
+    if _numpy_major() < 2:
+        return here
+    if not numpy1 or not (Path(numpy1) / "numpy").is_dir():
+        print(
+            "warning: numpy>=2 here; Triton's bundled Python backend needs numpy<2 for string tensors "
+            "(text-in models). Run scripts/install-test-deps.sh or `pip install --target DIR 'numpy<2'` and set "
+            "FINETUNE_TRITON_NUMPY=DIR",
+            file=sys.stderr,
+        )
+        return here
+    env_dir = work / "stub-python"
+    site_dir = Path(sysconfig.get_path("purelib", vars={"base": str(env_dir), "platbase": str(env_dir)}))
+    if not (env_dir / "bin" / "python").exists():
+        venv.EnvBuilder(with_pip=False, symlinks=True, clear=True).create(env_dir)
+    packages = sysconfig.get_path("purelib")
+    (site_dir / "00-numpy1.pth").write_text(f"{Path(numpy1).resolve()}\n")
+    (site_dir / "10-env.pth").write_text(f"import site; site.addsitedir({packages!r})\n")
+    return env_dir / "bin"
 
 
 def find_tritonserver(work_dir: Path | None = None) -> TritonInstall:

@@ -1,0 +1,438 @@
+"""Publish an export as a new numeric version in a Triton model repository, then have Triton serve it.
+
+    python -m finetune_trainer publish --export RUN/export --repository s3://bucket/models --name sentiment \\
+        [--version N] [--triton-url http://triton:8000] [--backend onnxruntime|python|tensorrt] [--variant int8]
+
+The repository is any ``finetune_trainer.storage`` URL (``file:///path`` or ``s3://bucket/prefix``); the
+layout is ``finetune_trainer.triton_repo``'s (classifier, tokenizer, postprocess and a text-in ensemble).
+
+Protocol (one writer wins, readers never see a partial version, nothing is ever overwritten):
+
+1. Check everything that can fail before writing: the export folder, Triton's liveness (when a URL is given),
+   the repository (reachable; for file://, an existing folder) and the served labels and inputs (a new
+   version must fit the model's existing config).
+2. Pick N: ``--version`` or one above the highest version found (version folders and claims).
+3. Claim N with a create-only write of ``NAME/.claims/N.json`` (``put_if_absent``: an O_EXCL link on a file
+   system, ``If-None-Match: *`` on S3). A version that exists or is claimed is refused. Triton ignores
+   folders whose names are not numbers, so claims are invisible to it.
+4. Write version N of each model, the file a backend loads last (model.py after its data; model.onnx is one
+   atomic object), so a version folder is loadable only once complete.
+5. Write the model-level files, configs last and the ensemble's config after the models it runs. Each
+   config lists the versions it serves (a ``specific`` version policy): until its config names N, no Triton,
+   polling or not, loads version N. Writing the config is the one atomic step that publishes it.
+6. With ``--triton-url``: ask Triton (explicit model control) to load each model, with retries, then check
+   that version N is ready and its metadata shows the expected inputs and outputs.
+
+If step 4, 5 or 6 fails, the version's files and its claim are deleted and the previous model-level files
+restored (and reloaded into Triton), so the repository is as it was and the error says what failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune_trainer import triton_repo
+from finetune_trainer.errors import InputError
+from finetune_trainer.storage import LocalStorage, Storage, StorageError, open_storage
+
+log = logging.getLogger(__name__)
+
+CLAIMS = ".claims"
+VARIANTS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+
+class PublishError(RuntimeError):
+    """Publication failed; the message says what failed and whether the repository was left unchanged."""
+
+
+@dataclass
+class PublishResult:
+    """Where the published model is and what Triton confirmed."""
+
+    repository: str
+    name: str
+    version: int
+    models: dict[str, str]
+    served_versions: list[int]
+    endpoint: str | None = None
+    ready: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------- export
+
+
+def read_export(export_dir: Path, backend: str, variant: str) -> tuple[dict[str, Any], str]:
+    """The export report and the file served as the classifier, or an InputError naming what is missing."""
+    report_path = export_dir / "export_report.json"
+    if not report_path.is_file():
+        raise InputError(f"--export {export_dir}: no export_report.json; run `python -m finetune_trainer export`")
+    report = json.loads(report_path.read_text())
+    if not report.get("parity", {}).get("passed"):
+        raise InputError(f"--export {export_dir}: the export failed its parity check; it cannot be published")
+    if backend == "tensorrt":
+        model_file = "model.plan"
+    elif variant in VARIANTS:
+        model_file = VARIANTS[variant]
+    else:
+        raise InputError(f"--variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+    for needed in (model_file, "tokenizer.json", "labels.txt"):
+        if not (export_dir / needed).is_file():
+            hint = " (export on a machine with a GPU and tensorrt)" if needed == "model.plan" else ""
+            raise InputError(f"--export {export_dir}: missing {needed}{hint}")
+    return report, model_file
+
+
+def serving_spec(
+    report: dict[str, Any], name: str, versions: tuple[int, ...], **options: Any
+) -> triton_repo.ServingSpec:
+    tok = report.get("tokenizer", {})
+    return triton_repo.ServingSpec(
+        name=name,
+        labels=tuple(report["labels"]),
+        task=report.get("task", "single_label_classification"),
+        inputs=tuple(report["inputs"]),
+        text_pair=bool(report.get("text_pair")),
+        max_sequence_length=int(report["max_sequence_length"]),
+        pad_token=tok.get("pad_token") or "[PAD]",
+        pad_token_id=int(tok.get("pad_token_id") or 0),
+        padding_side=tok.get("padding_side") or "right",
+        versions=versions,
+        **options,
+    )
+
+
+# --------------------------------------------------------------------------------------------- repository
+
+
+def versions_in(keys: list[str], model: str) -> set[int]:
+    """Numeric version folders of ``model`` among repository keys."""
+    found = set()
+    for key in keys:
+        parts = key.split("/")
+        if len(parts) >= 3 and parts[0] == model and parts[1].isdigit():
+            found.add(int(parts[1]))
+    return found
+
+
+def claims_in(keys: list[str], model: str) -> set[int]:
+    pattern = re.compile(rf"^{re.escape(model)}/{re.escape(CLAIMS)}/(\d+)\.json$")
+    return {int(m.group(1)) for k in keys if (m := pattern.match(k))}
+
+
+def served_versions(config_text: str) -> list[int]:
+    """The versions a config.pbtxt's ``specific`` policy lists (empty for other policies)."""
+    match = re.search(r"specific\s*:?\s*\{\s*versions\s*:\s*\[([^\]]*)\]", config_text)
+    return [int(v) for v in re.findall(r"\d+", match.group(1))] if match else []
+
+
+def open_repository(url: str) -> Storage:
+    """Open the repository and prove it is reachable (one list call), or raise PublishError."""
+    try:
+        storage = open_storage(url)
+        if isinstance(storage, LocalStorage) and not storage.root.is_dir():
+            raise StorageError(f"{storage.url}: no such folder; create the model repository first")
+        storage.list(CLAIMS)
+    except StorageError as e:
+        raise PublishError(f"model repository {url} is not reachable: {e}; nothing was written") from None
+    return storage
+
+
+def check_compatible(storage: Storage, spec: triton_repo.ServingSpec) -> None:
+    """A new version must keep the served labels and inputs: one config serves every version of a model."""
+    key = f"{spec.name}/labels.txt"
+    if storage.exists(key):
+        labels = storage.get_bytes(key).decode().splitlines()
+        if labels != list(spec.labels):
+            raise PublishError(
+                f"model {spec.name} serves labels {labels}; this export has {list(spec.labels)}. "
+                "Publish it under a new --name; nothing was written"
+            )
+    key = f"{spec.name}/config.pbtxt"
+    if storage.exists(key):
+        text = storage.get_bytes(key).decode()
+        served = re.findall(r'name:\s*"(input_ids|attention_mask|token_type_ids)"', text)
+        if served and served != list(spec.inputs):
+            raise PublishError(
+                f"model {spec.name} takes inputs {served}; this export takes {list(spec.inputs)}. "
+                "Publish it under a new --name; nothing was written"
+            )
+
+
+# ------------------------------------------------------------------------------------------------- triton
+
+
+def triton_client(url: str) -> Any:
+    """A tritonclient for ``http://host:port``, ``host:port`` (HTTP) or ``grpc://host:port``."""
+    if url.startswith("grpc://"):
+        import tritonclient.grpc as grpcclient
+
+        return grpcclient.InferenceServerClient(url.removeprefix("grpc://"))
+    import tritonclient.http as httpclient
+
+    address = url.removeprefix("http://")
+    if url.startswith("https://"):
+        return httpclient.InferenceServerClient(url.removeprefix("https://"), ssl=True, network_timeout=120)
+    return httpclient.InferenceServerClient(address, network_timeout=120, connection_timeout=10)
+
+
+def check_triton(url: str) -> Any:
+    """A client for a live Triton, or PublishError before anything is written."""
+    try:
+        client = triton_client(url)
+        if not client.is_server_live():
+            raise PublishError(f"Triton at {url} is not live; nothing was written")
+    except PublishError:
+        raise
+    except Exception as e:  # tritonclient raises its own, gevent's and socket errors for a server that is down
+        raise PublishError(f"Triton at {url} is not reachable ({_reason(e)}); nothing was written") from None
+    return client
+
+
+def _reason(e: BaseException) -> str:
+    text = getattr(e, "message", None)
+    text = text() if callable(text) else text
+    return f"{type(e).__name__}: {text or e}"
+
+
+def load(client: Any, model: str, attempts: int, delay: float) -> None:
+    """load_model with retries (a busy server, a repository that is still syncing)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            client.load_model(model)
+            return
+        except Exception as e:
+            if attempt == attempts:
+                raise PublishError(f"Triton could not load {model}: {_reason(e)}") from None
+            log.warning("load %s failed (%s); retry %d/%d", model, _reason(e), attempt, attempts - 1)
+            time.sleep(delay * attempt)
+
+
+def confirm(client: Any, spec: triton_repo.ServingSpec, version: int) -> dict[str, Any]:
+    """Version ``version`` of every model is ready and its metadata is what was published."""
+    names = triton_repo.model_names(spec.name)
+    metadata: dict[str, Any] = {}
+    for model in names.all():
+        v = str(triton_repo.ENSEMBLE_VERSION if model == names.ensemble else version)
+        if not client.is_model_ready(model, v):
+            raise PublishError(f"Triton loaded {model} but version {v} is not ready")
+        meta = client.get_model_metadata(model, v)
+        meta = meta if isinstance(meta, dict) else _grpc_dict(meta)
+        metadata[model] = meta
+        if v not in meta.get("versions", [v]):
+            raise PublishError(f"Triton serves {model} versions {meta.get('versions')}, not {v}")
+    inputs = [i["name"] for i in metadata[names.classifier]["inputs"]]
+    outputs = [o["name"] for o in metadata[names.classifier]["outputs"]]
+    if inputs != list(spec.inputs) or outputs != ["logits"]:
+        raise PublishError(
+            f"Triton's metadata for {spec.name}: inputs {inputs}, outputs {outputs}; expected "
+            f"{list(spec.inputs)} -> ['logits']"
+        )
+    return metadata
+
+
+def _grpc_dict(message: Any) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+# ------------------------------------------------------------------------------------------------ publish
+
+
+def publish(
+    export_dir: Path,
+    repository: str,
+    name: str,
+    version: int | None = None,
+    triton_url: str | None = None,
+    backend: str = "onnxruntime",
+    variant: str = "fp32",
+    keep_versions: int | None = None,
+    load_attempts: int = 3,
+    retry_delay: float = 1.0,
+    **serving: Any,
+) -> PublishResult:
+    """Publish ``export_dir`` as version N of ``name`` (see the module docstring for the protocol).
+
+    Args:
+        export_dir: an export folder (``python -m finetune_trainer export``).
+        repository: ``file:///path`` or ``s3://bucket/prefix`` of the Triton model repository.
+        name: model name; the text-in ensemble is ``NAME_text``.
+        version: the version to create (default: one above the highest).
+        triton_url: a Triton with explicit model control to load and confirm the version in.
+        backend: ``onnxruntime`` (production), ``python`` (onnxruntime inside Triton's Python backend) or
+            ``tensorrt`` (the export's model.plan).
+        variant: ``fp32`` or ``int8`` (the export's model.int8.onnx), for the ONNX backends.
+        keep_versions: serve only the newest K versions (default: every published version).
+        serving: other ``ServingSpec`` fields (max_batch_size, instance_kind, instance_count, ...).
+
+    Returns:
+        What was published and what Triton confirmed.
+
+    Raises:
+        InputError: an incomplete export or bad argument.
+        PublishError: the version exists, the repository or Triton is unreachable, or Triton failed to serve
+            the version (the repository is then restored).
+    """
+    if backend not in triton_repo.BACKENDS:
+        raise InputError(f"--backend {backend!r}: expected one of {', '.join(triton_repo.BACKENDS)}")
+    if version is not None and version < 1:
+        raise InputError(f"--version {version}: expected a positive integer")
+    report, model_file = read_export(Path(export_dir), backend, variant)
+    try:
+        draft = serving_spec(report, name, (), **serving)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    names = triton_repo.model_names(name)
+    client = check_triton(triton_url) if triton_url else None
+    storage = open_repository(repository)
+    keys = storage.list(f"{name}")
+    check_compatible(storage, draft)
+
+    taken = set().union(*(versions_in(keys, m) for m in names.all()[:3])) | claims_in(keys, name)
+    new = version if version is not None else max(taken, default=0) + 1
+    if new in taken:
+        raise PublishError(
+            f"version {new} of {name} already exists in {repository}; versions are never overwritten "
+            f"(existing: {sorted(taken)}); omit --version to publish {max(taken) + 1}"
+        )
+    config_key = f"{name}/config.pbtxt"
+    previous = served_versions(storage.get_bytes(config_key).decode()) if storage.exists(config_key) else []
+    if not previous:
+        previous = sorted(versions_in(keys, name))
+    served = sorted({*previous, new})
+    if keep_versions:
+        served = served[-keep_versions:]
+    spec = serving_spec(report, name, tuple(served), **serving)
+
+    claim = f"{name}/{CLAIMS}/{new}.json"
+    record = {"version": new, "created": time.time(), "host": socket.gethostname(), "export": report.get("files")}
+    try:
+        claimed = storage.put_if_absent(claim, json.dumps(record).encode())
+    except StorageError as e:
+        raise PublishError(f"cannot claim version {new} in {repository}: {e}; nothing was written") from None
+    if not claimed:
+        raise PublishError(f"version {new} of {name} was just claimed by another publisher; publish again")
+
+    written: list[str] = [claim]
+    saved: dict[str, bytes | None] = {}
+    try:
+        files = triton_repo.version_files(spec, new, Path(export_dir), backend, model_file)
+        # Entry points last: a version folder is loadable only once its data is there.
+        for key in sorted(files, key=lambda k: k.endswith("/model.py")):
+            _put(storage, key, files[key])
+            written.append(key)
+        for key, data in triton_repo.ensemble_version_files(spec).items():
+            if storage.put_if_absent(key, data):
+                written.append(key)
+        for key, data in triton_repo.model_files(spec, backend).items():  # configs last, ensemble's last
+            saved[key] = storage.get_bytes(key) if storage.exists(key) else None
+            storage.put_bytes(key, data)
+        result = PublishResult(repository, name, new, asdict(names), served, triton_url)
+        if client is not None:
+            for model in names.all():
+                load(client, model, load_attempts, retry_delay)
+            result.metadata = confirm(client, spec, new)
+            result.ready = True
+    except Exception as e:  # whatever failed, the repository goes back to how it was
+        restored = _rollback(storage, written, saved)
+        if client is not None:
+            _reload(client, names, existed={k.split("/")[0] for k, v in saved.items() if v is not None})
+        state = "the repository was restored" if restored else "restoring the repository failed: check it by hand"
+        raise PublishError(f"publishing {name} version {new} to {repository} failed: {_reason(e)}; {state}") from None
+    log.info("published %s version %d to %s (serving %s)", name, new, repository, served)
+    return result
+
+
+def _put(storage: Storage, key: str, value: Path | bytes) -> None:
+    if isinstance(value, bytes):
+        storage.put_bytes(key, value)
+    else:
+        storage.put_file(value, key)
+
+
+def _rollback(storage: Storage, written: list[str], saved: dict[str, bytes | None]) -> bool:
+    """Undo a failed publication: previous model-level files back, the new version's files and claim gone."""
+    try:
+        for key, data in reversed(saved.items()):
+            if data is None:
+                storage.delete([key])
+            else:
+                storage.put_bytes(key, data)
+        storage.delete(list(reversed(written)))
+        return True
+    except StorageError as e:
+        log.error("rollback failed: %s", e)
+        return False
+
+
+def _reload(client: Any, names: triton_repo.ModelNames, existed: set[str]) -> None:
+    """Bring Triton back to the restored repository: reload what existed, unload what did not."""
+    for model in reversed(names.all()):
+        try:
+            if model in existed:
+                client.load_model(model)
+            else:
+                client.unload_model(model)
+        except Exception as e:
+            log.warning("could not restore %s in Triton: %s", model, _reason(e))
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m finetune_trainer publish", description=__doc__.split("\n")[0])
+    p.add_argument("--export", type=Path, required=True, help="export folder (python -m finetune_trainer export)")
+    p.add_argument("--repository", required=True, help="model repository URL: file:///path or s3://bucket/prefix")
+    p.add_argument("--name", required=True, help="model name (the text-in ensemble is NAME_text)")
+    p.add_argument("--version", type=int, help="version to create (default: one above the highest)")
+    p.add_argument("--triton-url", help="Triton to load and confirm it in: http://host:8000 or grpc://host:8001")
+    p.add_argument("--backend", choices=triton_repo.BACKENDS, default="onnxruntime")
+    p.add_argument("--variant", choices=sorted(VARIANTS), default="fp32")
+    p.add_argument("--keep-versions", type=int, help="serve only the newest K versions")
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--instance-kind", choices=triton_repo.INSTANCE_KINDS, default="KIND_CPU")
+    p.add_argument("--instance-count", type=int, default=1)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = publish(
+            args.export,
+            args.repository,
+            args.name,
+            args.version,
+            args.triton_url,
+            args.backend,
+            args.variant,
+            args.keep_versions,
+            max_batch_size=args.max_batch_size,
+            max_queue_delay_us=args.max_queue_delay_us,
+            instance_kind=args.instance_kind,
+            instance_count=args.instance_count,
+        )
+    except (InputError, PublishError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    summary = result.to_dict()
+    summary.pop("metadata")
+    print(json.dumps(summary, indent=2))
+    return 0
