@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +36,7 @@ class Progress:
     def __init__(self, total_steps: int, *, enabled: bool, progress_file: str | None, start_step: int = 0,
                  sink: Callable[[bytes], None] | None = None):
         self.total = total_steps
-        self.sink = sink if enabled else None
+        self.sink = LatestWriter(sink) if sink is not None and enabled else None
         self.enabled = enabled
         self.file = Path(progress_file) if progress_file and enabled else None
         self.started = time.monotonic()
@@ -94,10 +95,7 @@ class Progress:
         if self.file is not None:
             write_json_atomic(self.file, payload)
         if self.sink is not None:
-            try:
-                self.sink(json.dumps(payload).encode())
-            except Exception as e:  # progress is advisory: never stop training for it
-                log.warning("could not publish progress: %s", e)
+            self.sink.post(json.dumps(payload).encode())
 
     def message(self, text: str, *args: Any) -> None:
         if not self.enabled:
@@ -110,3 +108,43 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.sink is not None:
+            self.sink.close()
+
+
+class LatestWriter:
+    """Publishes payloads from a background thread, newest only: a slow or unreachable store never stalls
+    training, and an outage loses nothing but superseded progress."""
+
+    def __init__(self, write: Callable[[bytes], None]):
+        self._write = write
+        self._pending: bytes | None = None
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="progress-writer", daemon=True)
+        self._thread.start()
+
+    def post(self, payload: bytes) -> None:
+        with self._cv:
+            self._pending = payload
+            self._cv.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while self._pending is None and not self._closed:
+                    self._cv.wait()
+                payload, self._pending = self._pending, None
+                if payload is None:
+                    return
+            try:
+                self._write(payload)
+            except Exception as e:  # progress is advisory: never stop training for it
+                log.warning("could not publish progress: %s", e)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush the newest payload (bounded wait) and stop."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout)

@@ -1,0 +1,202 @@
+"""Training that survives failures: real 2-process torchrun runs checkpointing to a real S3 server, killed,
+preempted and cut off from S3, then checked the way a user would: the step counter and the data order continue,
+and the result equals an uninterrupted run's."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+# Per rank: 256 rows / 2 ranks / batch 8 = 16 steps an epoch; 40 steps cross two epoch boundaries.
+STEPS, EVERY = 40, 10
+# Losses are summed over two ranks by gloo in a fixed order, and CPU kernels are deterministic for a fixed
+# thread count, so a resumed run reproduces the uninterrupted one to float32 rounding.
+TOLERANCE = 1e-5
+
+
+def config(tmp: Path, model: Path, data: tuple[Path, Path], storage: str, **hp) -> Path:
+    cfg = {
+        "jobName": "resume",
+        "outputDir": str(tmp / "out"),
+        "progressFile": str(tmp / "progress.json"),
+        "model": {"name": str(model)},
+        "dataset": {"train": str(data[0]), "validation": str(data[1])},
+        "hyperparameters": {
+            "maxSteps": STEPS, "learningRate": 3e-3, "batchSize": 8, "logEverySteps": 1, "evalSteps": STEPS,
+            "precision": "fp32", **hp,
+        },
+        "checkpoint": {"storage": storage, "everySteps": EVERY, "keepLast": 2},
+    }
+    path = tmp / "job.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def start(cfg: Path, env: dict[str, str], nproc: int = 2) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "finetune_trainer", "train", "--config", str(cfg)]
+    log = open(cfg.parent / f"log-{time.monotonic_ns()}.txt", "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for_step(cfg: Path, proc: subprocess.Popen, step: int, timeout: float = 180) -> int:
+    progress = cfg.parent / "progress.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"trainer exited early: {logs(cfg)[-3000:]}"
+        if progress.exists():
+            seen = json.loads(progress.read_text())["step"]
+            if seen >= step:
+                return seen
+        time.sleep(0.02)
+    raise AssertionError(f"no step {step} within {timeout}s: {logs(cfg)[-3000:]}")
+
+
+def kill_tree(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Signal torchrun and every worker (torchrun starts workers in their own sessions)."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(sig)
+    psutil.wait_procs(procs, timeout=30)
+
+
+def logs(cfg: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted(cfg.parent.glob("log-*.txt")))
+
+
+def finish(proc: subprocess.Popen, cfg: Path, timeout: float = 300) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        kill_tree(proc)
+
+
+def metrics(cfg: Path) -> dict:
+    return json.loads((cfg.parent / "out" / "metrics.json").read_text())
+
+
+def losses_after(m: dict, step: int) -> dict[int, float]:
+    return {h["step"]: h["loss"] for h in m["history"] if h["step"] > step}
+
+
+@pytest.fixture
+def reference_run(tmp_path_factory, tiny_bert, sentiment_csv, s3_server):
+    """An uninterrupted run with the same seed, for comparison."""
+    d = tmp_path_factory.mktemp("reference")
+    cfg = config(d, tiny_bert, sentiment_csv, s3_server.url("reference"))
+    proc = start(cfg, s3_server.env())
+    assert finish(proc, cfg) == 0, logs(cfg)[-3000:]
+    return metrics(cfg)
+
+
+def test_sigkill_mid_epoch_resumes_from_last_checkpoint(tmp_path, tiny_bert, sentiment_csv, s3_server,
+                                                        reference_run):
+    storage = s3_server.url("killed")
+    cfg = config(tmp_path, tiny_bert, sentiment_csv, storage)
+    proc = start(cfg, s3_server.env())
+    killed_at = wait_for_step(cfg, proc, EVERY + 3)  # past the step-10 checkpoint, in the first epoch
+    kill_tree(proc)  # the agent and all workers at once, as a node loss would
+    proc.wait()
+    assert EVERY < killed_at < 16, "killed mid-epoch"
+
+    proc = start(cfg, s3_server.env())
+    assert finish(proc, cfg) == 0, logs(cfg)[-3000:]
+    assert "resumed from checkpoint at step 10" in logs(cfg)
+    resumed = metrics(cfg)
+    steps = [h["step"] for h in resumed["history"]]  # the history up to the checkpoint travels with it
+    assert steps == list(range(1, STEPS + 1)), "each step trained once: none lost, none repeated"
+    assert not any(f"step={s}/{STEPS} " in logs(cfg).split("resumed from")[1] for s in range(1, EVERY + 1))
+    assert resumed["steps"] == STEPS
+
+    expected = losses_after(reference_run, EVERY)
+    got = losses_after(resumed, EVERY)
+    assert got.keys() == expected.keys()
+    for step, loss in expected.items():  # same data order and same RNG after the checkpoint
+        assert got[step] == pytest.approx(loss, abs=TOLERANCE), f"step {step}"
+    assert resumed["validation"]["loss"] == pytest.approx(reference_run["validation"]["loss"], abs=TOLERANCE)
+    assert resumed["validation"]["accuracy"] == reference_run["validation"]["accuracy"]
+
+
+def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tmp_path, tiny_bert, sentiment_csv, s3_server):
+    from finetune_trainer.checkpoint import CheckpointManager
+    from finetune_trainer.storage import open_storage
+
+    storage = s3_server.url("preempted")
+    cfg = config(tmp_path, tiny_bert, sentiment_csv, storage)
+    env = s3_server.env()
+    proc = start(cfg, env, nproc=1)
+    wait_for_step(cfg, proc, EVERY + 3)
+    started = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)  # what the kubelet sends when a pod is deleted or preempted
+    proc.wait(timeout=30)
+    assert time.monotonic() - started < 30, "within a default termination grace period"
+    assert "SIGTERM: saving a final checkpoint" in logs(cfg)
+
+    os.environ.update(env)
+    try:
+        store = open_storage(f"{storage}/default/resume")
+        latest = CheckpointManager(store.url, storage=store).latest()
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+    assert latest is not None and latest.step > EVERY, "a checkpoint beyond the periodic one was committed"
+
+    proc = start(cfg, env, nproc=1)
+    assert finish(proc, cfg) == 0, logs(cfg)[-3000:]
+    assert f"resumed from checkpoint at step {latest.step}" in logs(cfg)
+    assert [h["step"] for h in metrics(cfg)["history"]] == list(range(1, STEPS + 1))
+
+
+def test_single_process_sigterm_exit_code(tmp_path, tiny_bert, sentiment_csv, s3_server):
+    cfg = config(tmp_path, tiny_bert, sentiment_csv, s3_server.url("single"))
+    proc = subprocess.Popen([sys.executable, "-m", "finetune_trainer", "train", "--config", str(cfg)],
+                            env={**os.environ, **s3_server.env()}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for_step(cfg, proc, 3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_s3_outage_during_training(tmp_path, tiny_bert, sentiment_csv, s3_server, reference_run):
+    storage = s3_server.url("outage")
+    cfg = config(tmp_path, tiny_bert, sentiment_csv, storage)
+    proc = start(cfg, s3_server.env())
+    try:
+        wait_for_step(cfg, proc, EVERY - 2)
+        s3_server.stop()  # down across the step-10 save
+        wait_for_step(cfg, proc, EVERY + 2)
+        time.sleep(1.0)
+    finally:
+        s3_server.start()
+    assert finish(proc, cfg) == 0, logs(cfg)[-3000:]
+    m = metrics(cfg)
+    assert m["steps"] == STEPS
+    assert m["validation"]["loss"] == pytest.approx(reference_run["validation"]["loss"], abs=TOLERANCE)
+
+    from finetune_trainer.checkpoint import CheckpointManager
+    from finetune_trainer.storage import open_storage
+
+    store = open_storage(f"{storage}/default/resume", config=s3_server.config())
+    latest = CheckpointManager(store.url, storage=store).latest()
+    assert latest is not None and latest.step == STEPS - STEPS % EVERY
