@@ -7,12 +7,13 @@ Children of one job, all owned by it (ownerReferences) and labelled for selectio
 - ``<job>-a<attempt>-config``: a ConfigMap with the TrainerConfig JSON of that attempt.
 - ``<job>-a<attempt>-<rank>``: one worker pod per node running ``torchrun --nnodes=N --nproc-per-node=G``.
   A new attempt (after a failure or a resume) gets new pods; the trainer resumes from the newest checkpoint.
-- ``<job>-export-<n>``: the export pod: exports the trained model (init container) and publishes it into the
-  Triton repository (main container).
+- ``<job>-export-<n>``: the export pod: exports the trained model (init containers: fetch when the model is
+  on S3, then export) and publishes it into the Triton repository (main container).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from finetune_operator import api
@@ -219,7 +220,7 @@ def _container(job: api.FineTuneJob, settings: Settings, name: str, command: lis
         "name": name,
         "image": tpl.image or settings.trainer_image,
         "command": command,
-        "env": base_env + env + [dict(e) for e in tpl.env],
+        "env": copy.deepcopy(base_env + env + list(tpl.env)),
         "securityContext": _container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "workingDir": WORK_DIR,
@@ -353,32 +354,49 @@ def worker_group(job: api.FineTuneJob, uid: str, attempt: int, settings: Setting
 # --- export and publication ---------------------------------------------------------------------------------
 
 
-def export_commands(job: api.FineTuneJob, settings: Settings) -> tuple[list[str], list[str]]:
-    """The export command (trained model -> ONNX in the pod's work dir) and the publish command."""
-    serving = job.spec.serving
-    py = settings.trainer_python
-    export = [py, "-m", "finetune_trainer", "export", "--model", f"{model_output(job, settings)}/model"]
-    export += ["--out", f"{WORK_DIR}/export"]
+def _local(uri: str) -> str | None:
+    """The path of a local or file:// location; None for a remote one (s3://)."""
+    if uri.startswith("file://"):
+        return uri.removeprefix("file://")
+    return None if "://" in uri else uri
+
+
+def export_containers(job: api.FineTuneJob, settings: Settings) -> tuple[list[dict], dict]:
+    """Init containers (fetch the trained model when it is remote, export it) and the publish container."""
+    serving, py = job.spec.serving, settings.trainer_python
+    trained = f"{model_output(job, settings)}/model"
+    storage_env = s3_env(job.spec.checkpoint.s3)
+    steps = []
+    local = _local(trained)
+    if local is None:
+        local = f"{WORK_DIR}/model"
+        fetch = [py, "-c", "import sys, pathlib; from finetune_trainer.sources import download; "
+                 "download(sys.argv[1], pathlib.Path(sys.argv[2]))", trained, WORK_DIR]  # fmt: skip
+        steps.append(_container(job, settings, "fetch", fetch, storage_env))
+    export = [py, "-m", "finetune_trainer", "export", "--model", local, "--out", f"{WORK_DIR}/export"]
     if serving.quantize:
-        export.append("--quantize")
+        export.append("--int8")
+    exporter = _container(job, settings, "export", export, storage_env)
+    exporter["resources"] = _resources(job.spec.resources)
+    steps.append(exporter)
     publish = [py, "-m", "finetune_trainer", "publish", "--export", f"{WORK_DIR}/export"]
     publish += ["--repository", serving.repository or "", "--name", serving.model_name or job.metadata.name]
     publish += ["--backend", str(serving.backend), "--max-batch-size", str(serving.max_batch_size)]
-    publish += ["--instances", str(serving.instances)]
+    kind = "KIND_GPU" if job.spec.resources.gpus_per_node and serving.backend != "python" else "KIND_CPU"
+    publish += ["--instance-kind", kind, "--instance-count", str(serving.instances)]
+    if serving.quantize:
+        publish += ["--variant", "int8"]
     if serving.triton_url:
         publish += ["--triton-url", serving.triton_url]
-    return export, publish
+    publisher = _container(job, settings, "publish", publish, s3_env(serving.s3) or storage_env)
+    return steps, publisher
 
 
 def export_pod(job: api.FineTuneJob, uid: str, n: int, settings: Settings) -> dict[str, Any]:
-    """One pod that exports (init container) and then publishes (main container) the trained model."""
+    """One pod that exports the trained model (init containers) and then publishes it (main container)."""
     name = job.metadata.name
-    export_cmd, publish_cmd = export_commands(job, settings)
-    storage_env = s3_env(job.spec.checkpoint.s3)
-    exporter = _container(job, settings, "export", export_cmd, storage_env)
-    exporter["resources"] = _resources(job.spec.resources, gpus=True)
-    publisher = _container(job, settings, "publish", publish_cmd, s3_env(job.spec.serving.s3) or storage_env)
+    steps, publisher = export_containers(job, settings)
     spec = _pod_spec(job, settings, [publisher], [{"name": "work", "emptyDir": {}}])
-    spec["initContainers"] = [exporter]
+    spec["initContainers"] = steps
     meta = _metadata(job, uid, export_name(name, n), labels(name, EXPORTER, export=n))
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}

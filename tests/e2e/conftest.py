@@ -270,16 +270,44 @@ def job_manifest(tiny_bert: Path, sentiment_csv: tuple[Path, Path], tmp_path: Pa
 __all__ = ["Jobs", "Operator", "install_crd", "phase_is", "real_cluster"]
 
 
-class TrainOnly:
-    """Serving disabled: the job succeeds after training and records no model."""
+class TritonTarget:
+    """Publication into a model repository that a real Triton serves (python backend: the onnxruntime backend
+    is absent here); on a real cluster FINETUNE_E2E_MODEL_REPOSITORY and FINETUNE_E2E_TRITON_URL name them."""
 
-    serving: dict[str, Any] | None = None
-    reasons = ("TrainingComplete",)
+    reasons = ("Exporting", "Publishing", "ModelReady")
+    model = "sentiment"
+
+    def __init__(self, repository: str, http_url: str):
+        self.repository, self.http_url = repository, http_url
+        self.serving = {"enabled": True, "repository": repository, "tritonUrl": f"http://{http_url}",
+                        "backend": "python", "modelName": self.model, "maxBatchSize": 8}  # fmt: skip
 
     def check(self, status: dict[str, Any]) -> None:
-        assert status["reason"] == "TrainingComplete" and not status.get("model")
+        """status.model names a ready version, and Triton classifies text with it."""
+        import numpy as np
+        import tritonclient.http as httpclient
+
+        model = status["model"]
+        assert model["name"] == self.model and model["ready"] is True and model["version"] >= 1, model
+        assert model["repository"] == self.repository and model["endpoint"] == f"http://{self.http_url}"
+        client = httpclient.InferenceServerClient(self.http_url)
+        try:
+            assert client.is_model_ready(self.model, str(model["version"]))
+            texts = np.array([["a wonderful and brilliant film"], ["an awful and boring film"]], dtype=object)
+            text = httpclient.InferInput("TEXT", list(texts.shape), "BYTES")
+            text.set_data_from_numpy(texts)
+            result = client.infer(f"{self.model}_text", [text])
+            labels = [x.decode() if isinstance(x, bytes) else str(x) for x in result.as_numpy("LABEL").ravel()]
+            assert labels == ["positive", "negative"], labels
+        finally:
+            client.close()
 
 
 @pytest.fixture
-def serving_target() -> TrainOnly:
-    return TrainOnly()
+def serving_target(request: pytest.FixtureRequest, tmp_path: Path) -> TritonTarget:
+    if real_cluster():
+        return TritonTarget(os.environ["FINETUNE_E2E_MODEL_REPOSITORY"], os.environ["FINETUNE_E2E_TRITON_URL"])
+    repository = tmp_path / "model-repository"
+    repository.mkdir()
+    server = request.getfixturevalue("start_triton")(repository)
+    return TritonTarget(str(repository), server.http_url)
