@@ -4,8 +4,9 @@ real torchrun (2 processes), real checkpoints, real export and publication into 
 Three jobs carry all assertions (each training run is the expensive part):
 - test_job_from_apply_to_served_model: progress, operator killed and restarted mid-run, export, publication,
   Succeeded with status.model, operator metrics, deletion garbage-collects every child.
-- test_worker_crash_and_suspend_resume_continue_from_checkpoints: a worker killed -> Restarting -> resumed;
-  suspend -> pods gone; resume -> continues from the checkpoint -> Succeeded.
+- test_worker_crash_and_suspend_resume_continue_from_checkpoints (checkpoints on a real S3 server, credentials
+  from a Secret): a worker killed -> Restarting -> resumed; suspend -> pods gone; resume -> continues from the
+  checkpoint -> Succeeded.
 - test_bad_dataset_fails_once_with_the_trainers_reason: Failed, the trainer's error line, no retries.
 """
 
@@ -75,11 +76,26 @@ def test_job_from_apply_to_served_model(operator: Operator, jobs: Jobs, job_mani
     eventually(lambda: not any(jobs.children(name).values()), timeout=60, what="children garbage-collected")
 
 
+@pytest.fixture
+def s3_checkpoints(s3_server, jobs: Jobs, operator_env: dict[str, str]) -> dict[str, Any]:
+    """Checkpoint storage on a real S3 server: workers get credentials from a Secret, the operator its own."""
+    jobs.core.create_namespaced_secret(
+        jobs.kube.namespace,
+        {"metadata": {"name": "s3-credentials"},
+         "stringData": {"accessKey": s3_server.access_key, "secretKey": s3_server.secret_key}},
+    )  # fmt: skip
+    operator_env.update(s3_server.env())
+    s3 = {"endpoint": s3_server.endpoint, "region": "us-east-1", "credentialsSecret": "s3-credentials"}
+    return {"storage": s3_server.url("checkpoints"), "everySteps": 5, "s3": s3}
+
+
 def test_worker_crash_and_suspend_resume_continue_from_checkpoints(
-    operator: Operator, jobs: Jobs, job_manifest, node_agent
+    s3_checkpoints: dict[str, Any], operator: Operator, jobs: Jobs, job_manifest, node_agent
 ) -> None:
     name = "resilient"
-    jobs.create(job_manifest(name, max_steps=80, every=5))
+    body = job_manifest(name, max_steps=80, every=5)
+    body["spec"]["checkpoint"] = s3_checkpoints
+    jobs.create(body)
     jobs.wait(name, stepped(12), 180, "past the first checkpoints", operator)
 
     # A worker crashes (its process group is SIGKILLed): the group restarts from the latest checkpoint.
