@@ -63,9 +63,11 @@ def _is_grpc(client: Any) -> bool:
 
 
 def _infer(client: Any, module: Any, model: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str]):
+    from tritonclient.utils import np_to_triton_dtype
+
     tensors = []
     for name, array in inputs.items():
-        tensor = module.InferInput(name, list(array.shape), "BYTES" if array.dtype == object else "INT64")
+        tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
         tensor.set_data_from_numpy(array)
         tensors.append(tensor)
     requested = [module.InferRequestedOutput(n) for n in outputs]

@@ -70,7 +70,6 @@ def _prepare_pytriton(root: Path, work: Path) -> TritonInstall:
         ld_path.append(os.environ["LD_LIBRARY_PATH"])
     env = {
         "LD_LIBRARY_PATH": ":".join(ld_path),
-        "PYTHONDONTWRITEBYTECODE": "1",  # no __pycache__ inside the model repository
         # Python models run with the interpreter (and packages) of the first python on PATH.
         "PATH": os.pathsep.join([str(_stub_python(work)), os.environ.get("PATH", "")]),
     }
