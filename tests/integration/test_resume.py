@@ -17,8 +17,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-# Per rank: 256 rows / 2 ranks / batch 8 = 16 steps an epoch; 40 steps cross two epoch boundaries.
-STEPS, EVERY = 40, 10
+# Per rank: 256 rows / 2 ranks / batch 4 = 32 steps an epoch; 40 steps cross an epoch boundary.
+STEPS, EVERY, BATCH, STEPS_PER_EPOCH = 40, 10, 4, 32
 # Losses are summed over two ranks by gloo in a fixed order, and CPU kernels are deterministic for a fixed
 # thread count, so a resumed run reproduces the uninterrupted one to float32 rounding.
 TOLERANCE = 1e-5
@@ -32,7 +32,7 @@ def config(tmp: Path, model: Path, data: tuple[Path, Path], storage: str, **hp) 
         "model": {"name": str(model)},
         "dataset": {"train": str(data[0]), "validation": str(data[1])},
         "hyperparameters": {
-            "maxSteps": STEPS, "learningRate": 3e-3, "batchSize": 8, "logEverySteps": 1, "evalSteps": STEPS,
+            "maxSteps": STEPS, "learningRate": 2e-3, "batchSize": BATCH, "logEverySteps": 1, "evalSteps": STEPS,
             "precision": "fp32", **hp,
         },
         "checkpoint": {"storage": storage, "everySteps": EVERY, "keepLast": 2},
@@ -77,6 +77,13 @@ def kill_tree(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     psutil.wait_procs(procs, timeout=30)
 
 
+def wait_for_log(cfg: Path, proc: subprocess.Popen, text: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in logs(cfg):
+        assert proc.poll() is None and time.monotonic() < deadline, f"no {text!r}: {logs(cfg)[-3000:]}"
+        time.sleep(0.02)
+
+
 def logs(cfg: Path) -> str:
     return "\n".join(p.read_text() for p in sorted(cfg.parent.glob("log-*.txt")))
 
@@ -96,12 +103,12 @@ def losses_after(m: dict, step: int) -> dict[int, float]:
     return {h["step"]: h["loss"] for h in m["history"] if h["step"] > step}
 
 
-@pytest.fixture
-def reference_run(tmp_path_factory, tiny_bert, sentiment_csv, s3_server):
-    """An uninterrupted run with the same seed, for comparison."""
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, tiny_bert, sentiment_csv):
+    """An uninterrupted run with the same seed, for comparison (where checkpoints go changes nothing)."""
     d = tmp_path_factory.mktemp("reference")
-    cfg = config(d, tiny_bert, sentiment_csv, s3_server.url("reference"))
-    proc = start(cfg, s3_server.env())
+    cfg = config(d, tiny_bert, sentiment_csv, str(d / "checkpoints"))
+    proc = start(cfg, {})
     assert finish(proc, cfg) == 0, logs(cfg)[-3000:]
     return metrics(cfg)
 
@@ -111,10 +118,11 @@ def test_sigkill_mid_epoch_resumes_from_last_checkpoint(tmp_path, tiny_bert, sen
     storage = s3_server.url("killed")
     cfg = config(tmp_path, tiny_bert, sentiment_csv, storage)
     proc = start(cfg, s3_server.env())
+    wait_for_log(cfg, proc, f"checkpoint-{EVERY:08d} committed")
     killed_at = wait_for_step(cfg, proc, EVERY + 3)  # past the step-10 checkpoint, in the first epoch
     kill_tree(proc)  # the agent and all workers at once, as a node loss would
     proc.wait()
-    assert EVERY < killed_at < 16, "killed mid-epoch"
+    assert EVERY < killed_at < STEPS_PER_EPOCH, "killed mid-epoch"
 
     proc = start(cfg, s3_server.env())
     assert finish(proc, cfg) == 0, logs(cfg)[-3000:]
