@@ -25,9 +25,11 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -148,6 +150,14 @@ class SnapshotBuffers:
         lent.clear()
 
 
+def _lower_priority(nice: int) -> None:
+    """Raise this thread's niceness (Linux: per thread, inherited by threads it starts)."""
+    if nice > 0 and hasattr(os, "setpriority"):
+        with contextlib.suppress(OSError):
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+
+
 def _file_digest(path: Path) -> tuple[int, str]:
     sha, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
@@ -185,6 +195,8 @@ class CheckpointManager:
         storage: an opened storage (default: ``open_storage(url)``).
         on_saved: called with :class:`SaveStats` once a save's upload finished (from the upload thread).
         commit_timeout_s: how long rank 0 waits for the other ranks' uploads before failing the save.
+        upload_nice: niceness added to the upload thread (and the transfer threads it starts), so that where
+            CPU is short the training loop wins; 0 leaves it alone.
     """
 
     def __init__(
@@ -201,6 +213,7 @@ class CheckpointManager:
         on_saved: Callable[[SaveStats], None] | None = None,
         commit_timeout_s: float = 600.0,
         poll_interval_s: float = 0.2,
+        upload_nice: int = 10,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise CheckpointError(f"checkpoint rank {rank} / world_size {world_size}: expected 0 <= rank < world_size")
@@ -218,7 +231,9 @@ class CheckpointManager:
         base = Path(tempfile.mkdtemp(prefix="finetune-ckpt-")) if staging_dir is None else Path(staging_dir)
         self.staging = base if staging_dir is None else base / f"rank-{rank:05d}"
         self.staging.mkdir(parents=True, exist_ok=True)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-upload")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="checkpoint-upload", initializer=_lower_priority, initargs=(upload_nice,)
+        )
         self._pending: Future | None = None
         self._buffers = SnapshotBuffers()
         self._verified: dict[str, dict[str, Path]] = {}  # prefix -> downloaded, verified files
