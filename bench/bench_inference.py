@@ -90,15 +90,21 @@ def build_model(out: Path, train_rows: list[dict[str, str]], labels: list[str]) 
     return out
 
 
-def timed(fn, warmup: int, runs: int) -> dict[str, float]:
+def timed(fns: dict, warmup: int, runs: int) -> dict[str, dict[str, float]]:
+    """p50/p99 of each function, calls interleaved so that load from elsewhere hits every engine alike."""
     for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return {"p50_ms": 1e3 * float(np.percentile(times, 50)), "p99_ms": 1e3 * float(np.percentile(times, 99))}
+        for fn in fns.values():
+            fn(0)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(runs):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn(i)
+            times[name].append(time.perf_counter() - t)
+    return {
+        name: {"p50_ms": 1e3 * float(np.percentile(ts, 50)), "p99_ms": 1e3 * float(np.percentile(ts, 99))}
+        for name, ts in times.items()
+    }
 
 
 def engines(model_dir: Path, export_dir: Path, texts: list[str], runs: int) -> dict:
@@ -120,15 +126,14 @@ def engines(model_dir: Path, export_dir: Path, texts: list[str], runs: int) -> d
         pt = {k: torch.from_numpy(v) for k, v in feed.items()}
         n_runs, warm = (runs, 5) if batch == 1 else (max(5, runs // 10), 2)
 
-        def torch_run(pt=pt):
+        def torch_run(_, pt=pt):
             with torch.inference_mode():
                 model(**pt)
 
         fns = {"pytorch_eager": torch_run}
         for name, s in sessions.items():
-            fns[name] = lambda s=s, feed=feed: s.run(["logits"], feed)
-        for name, fn in fns.items():
-            r = timed(fn, warm, n_runs)
+            fns[name] = lambda _, s=s, feed=feed: s.run(["logits"], feed)
+        for name, r in timed(fns, warm, n_runs).items():
             r["samples_per_s"] = batch / (r["p50_ms"] / 1e3)
             out.setdefault(f"batch{batch}", {})[name] = r
             print(f"batch {batch:2d} {name:18s} p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms", flush=True)
@@ -158,24 +163,27 @@ def triton_bench(export_dir: Path, texts: list[str], runs: int, clients: int, pe
 
         tokenizer = AutoTokenizer.from_pretrained(export_dir)
         session = ort.InferenceSession(str(export_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-        cycle = iter(range(10**9))
 
-        def in_process():
-            text = texts[next(cycle) % len(texts)]
-            enc = tokenizer([text], truncation=True, max_length=SEQ, return_tensors="np")
+        def in_process(i):
+            enc = tokenizer([texts[i % len(texts)]], truncation=True, max_length=SEQ, return_tensors="np")
             session.run(["logits"], {k: v.astype(np.int64) for k, v in enc.items()})
 
-        out["in_process_onnxruntime_text_batch1"] = timed(in_process, 5, runs)
-        for proto, module, url in (("http", httpclient, server.http_url), ("grpc", grpcclient, server.grpc_url)):
+        def remote(module, url):
             client = module.InferenceServerClient(url)
 
-            def request(client=client, module=module):
-                text = texts[next(cycle) % len(texts)]
+            def request(i):
                 tensor = module.InferInput("TEXT", [1, 1], "BYTES")
-                tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
+                tensor.set_data_from_numpy(np.array([[texts[i % len(texts)].encode()]], dtype=object))
                 client.infer("yahoo_text", [tensor], outputs=[module.InferRequestedOutput("LABEL")])
 
-            out[f"triton_{proto}_text_batch1"] = timed(request, 5, runs)
+            return request
+
+        fns = {
+            "in_process_onnxruntime_text_batch1": in_process,
+            "triton_http_text_batch1": remote(httpclient, server.http_url),
+            "triton_grpc_text_batch1": remote(grpcclient, server.grpc_url),
+        }
+        out.update(timed(fns, 5, runs))
         base = out["in_process_onnxruntime_text_batch1"]["p50_ms"]
         for proto in ("http", "grpc"):
             r = out[f"triton_{proto}_text_batch1"]

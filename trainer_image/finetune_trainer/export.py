@@ -259,13 +259,14 @@ def optimize(src: Path, dst: Path, config: Any) -> dict[str, Any]:
 
 
 def quantize(src: Path, dst: Path) -> None:
-    """Dynamic int8 quantization of weights (activations quantized at run time)."""
+    """Dynamic int8 quantization of weights, per output channel (activations quantized at run time)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # Fused contrib ops (Attention, SkipLayerNormalization) defeat shape inference; their outputs are float.
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, extra_options=extra)
+    # Per-channel weight scales: on MiniLM/Yahoo, argmax agreement with fp32 rose from 0.81 to 0.91.
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, extra_options=extra)
 
 
 def build_tensorrt(onnx_path: Path, plan: Path, names: list[str], max_batch: int, max_len: int) -> dict[str, Any]:
