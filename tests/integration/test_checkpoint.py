@@ -239,3 +239,16 @@ def test_failed_background_upload_is_raised_once_and_leaves_no_checkpoint(s3_ser
         ckpt.save(2, state, blocking=True)
         assert ckpt.latest().step == 2
     assert isinstance(storage, S3Storage)
+
+
+def test_local_scratch_is_cleaned_up(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "ckpt")
+    _, _, state = train_state()
+    with manager(storage, tmp_path) as ckpt:
+        ckpt.save(1, state, rank_state=rng_state(), blocking=True)
+        ckpt.load(ckpt.latest())
+        assert list(ckpt.staging.iterdir()) == [], "staged and verified files are removed after use"
+    own = CheckpointManager(storage.url, storage=storage)
+    own.save(2, state, blocking=True)
+    own.close()
+    assert not own.staging.exists(), "a temporary staging directory is removed on close"

@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -227,10 +228,14 @@ class CheckpointManager:
         self.keep_last, self.keep_best, self.metric_mode = keep_last, keep_best, metric_mode
         self.on_saved = on_saved
         self.commit_timeout_s, self.poll_interval_s = commit_timeout_s, poll_interval_s
-        self._owns_staging = staging_dir is None
-        base = Path(tempfile.mkdtemp(prefix="finetune-ckpt-")) if staging_dir is None else Path(staging_dir)
-        self.staging = base if staging_dir is None else base / f"rank-{rank:05d}"
-        self.staging.mkdir(parents=True, exist_ok=True)
+        if staging_dir is None:
+            self.staging = Path(tempfile.mkdtemp(prefix="finetune-ckpt-"))
+            # Removed by close(), or when the manager is garbage collected without one.
+            self._cleanup: weakref.finalize | None = weakref.finalize(self, shutil.rmtree, self.staging, True)
+        else:
+            self.staging = Path(staging_dir) / f"rank-{rank:05d}"
+            self.staging.mkdir(parents=True, exist_ok=True)
+            self._cleanup = None
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="checkpoint-upload", initializer=_lower_priority, initargs=(upload_nice,)
         )
@@ -325,8 +330,8 @@ class CheckpointManager:
             self.wait()
         finally:
             self._executor.shutdown(wait=True)
-            if self._owns_staging:
-                shutil.rmtree(self.staging, ignore_errors=True)
+            if self._cleanup is not None:
+                self._cleanup()
 
     def _save_id(self) -> str:
         """One id shared by all ranks of this save (rank 0's, broadcast on the caller's thread)."""
@@ -488,8 +493,11 @@ class CheckpointManager:
         return None
 
     def load(self, info: CheckpointInfo, map_location: Any = "cpu") -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """Load ``(state, this rank's rank_state)``; rank_state is None when the checkpoint has none for this rank
-        (e.g. it was saved with fewer ranks)."""
+        """Load ``(state, this rank's rank_state)``.
+
+        ``state`` goes to ``map_location``; ``rank_state`` always loads to CPU (RNG states must be CPU tensors).
+        rank_state is None when the checkpoint has none for this rank (e.g. it was saved with fewer ranks).
+        """
         names = {obj["key"] for obj in info.manifest["objects"]}
         if STATE not in names:
             raise CorruptCheckpointError(f"checkpoint {self.url}/{info.key}: manifest lists no {STATE}")
@@ -499,9 +507,7 @@ class CheckpointManager:
             files = self._verify(info, wanted)
         try:
             state = _torch_load(files[STATE], map_location)
-            rank_state = (
-                _torch_load(files[rank_file(self.rank)], map_location) if rank_file(self.rank) in files else None
-            )
+            rank_state = _torch_load(files[rank_file(self.rank)], "cpu") if rank_file(self.rank) in files else None
         except Exception as e:
             raise CorruptCheckpointError(f"checkpoint {self.url}/{info.key}: cannot be loaded: {e}") from e
         finally:
