@@ -178,18 +178,19 @@ class Controller:
         """progress.json beside the job's checkpoints, read at most once per poll interval."""
         if not force and time.monotonic() - memory.progress_read < self.settings.poll_seconds:
             return memory.progress
-        url = resources.job_storage(job, self.settings)
-        if url is None:
+        root = job.spec.checkpoint.storage or self.settings.default_storage
+        if root is None:
             return None
         memory.progress_read = time.monotonic()
-        memory.progress = await asyncio.to_thread(self._read_progress, url, job)
+        key = f"{job.metadata.namespace or 'default'}/{job.metadata.name}/{PROGRESS_KEY}"
+        memory.progress = await asyncio.to_thread(self._read_progress, root, key, job) or memory.progress
         return memory.progress
 
-    def _read_progress(self, url: str, job: api.FineTuneJob) -> dict | None:
+    def _read_progress(self, root: str, key: str, job: api.FineTuneJob) -> dict | None:
         from finetune_trainer.storage import NotFoundError, StorageError
 
         try:
-            raw = self._storage(url, job).get_bytes(PROGRESS_KEY)
+            raw = self._storage(root, job).get_bytes(key)
         except NotFoundError:
             return None
         except StorageError as e:
@@ -201,21 +202,27 @@ class Controller:
             return None
         return data if isinstance(data, dict) else None
 
-    def _storage(self, url: str, job: api.FineTuneJob) -> Any:
+    def _storage(self, root: str, job: api.FineTuneJob) -> Any:
+        """One storage client per checkpoint root and endpoint, shared by every job under it (an S3 client
+        is heavy), failing fast: a progress read is retried at the next poll anyway."""
         from finetune_trainer.storage import S3Config, open_storage
 
-        if url not in self._storages:
+        s3 = job.spec.checkpoint.s3 if root.startswith("s3://") else None
+        overrides: dict[str, Any] = {}
+        if s3 is not None and s3.endpoint:
+            overrides["endpoint_url"] = s3.endpoint
+        if s3 is not None and s3.region:
+            overrides["region"] = s3.region
+        cache_key = f"{root}|{sorted(overrides.items())}"
+        if cache_key not in self._storages:
             config = None
-            if url.startswith("s3://"):
-                s3 = job.spec.checkpoint.s3
-                overrides: dict[str, Any] = {}
-                if s3 is not None and s3.endpoint:
-                    overrides["endpoint_url"] = s3.endpoint
-                if s3 is not None and s3.region:
-                    overrides["region"] = s3.region
-                config = S3Config.from_env(env=self.settings.s3_env, **overrides)
-            self._storages[url] = open_storage(url, config=config, check=False)
-        return self._storages[url]
+            if root.startswith("s3://"):
+                config = S3Config.from_env(
+                    env=self.settings.s3_env, max_attempts=2, connect_timeout=2.0, read_timeout=5.0,
+                    retry_deadline_s=5.0, **overrides,
+                )  # fmt: skip
+            self._storages[cache_key] = open_storage(root, config=config, check=False)
+        return self._storages[cache_key]
 
     # --- deletion -----------------------------------------------------------------------------------------
 

@@ -34,25 +34,25 @@ async def close(**_: Any) -> None:
 
 
 @kopf.index(**JOBS)
-def jobs_by_namespace(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict:
+async def jobs_by_namespace(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict:
     """Jobs and their phases by namespace, for the jobs-by-phase metric."""
     return {namespace: (name, status.get("phase"))}
 
 
 @kopf.index("pods", **CHILD_PODS)
-def pods_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+async def pods_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     """Each job's pods, summarised, by (namespace, job)."""
     return {(namespace, labels[JOB_LABEL]): lifecycle.pod_view(dict(body))}
 
 
 @kopf.on.event("pods", **CHILD_PODS)
-def pod_changed(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+async def pod_changed(namespace: str, labels: kopf.Labels, **_: Any) -> None:
     """A child pod changed: reconcile its job now."""
     CONTROLLER.wake(namespace, labels[JOB_LABEL])
 
 
 @kopf.on.event(**JOBS)
-def job_changed(namespace: str, name: str, meta: kopf.Meta, **_: Any) -> None:
+async def job_changed(namespace: str, name: str, meta: kopf.Meta, **_: Any) -> None:
     """A job's spec changed (suspend, resume, edits): reconcile it now."""
     CONTROLLER.job_changed(namespace, name, int(meta.get("generation") or 0), bool(meta.get("deletionTimestamp")))
 
