@@ -115,10 +115,14 @@ class Operator:
 @pytest.fixture
 def operator_env(tmp_path: Path) -> dict[str, str]:
     """Operator settings for tests: fast polls and backoff, the venv's launchers, free ports."""
+    if real_cluster():  # the pods run the trainer image; the operator runs here with the cluster's kubeconfig
+        local = {"FINETUNE_TRAINER_IMAGE": os.environ["FINETUNE_E2E_IMAGE"]}
+        local.update({k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if k in os.environ})
+    else:  # the node agent runs pods as local processes of this virtualenv
+        local = {"FINETUNE_TRAINER_COMMAND": str(BIN / "torchrun"), "FINETUNE_TRAINER_PYTHON": sys.executable,
+                 "FINETUNE_TRAINER_METRICS_PORT": "0"}  # fmt: skip
     return {
-        "FINETUNE_TRAINER_COMMAND": str(BIN / "torchrun"),
-        "FINETUNE_TRAINER_PYTHON": sys.executable,
-        "FINETUNE_TRAINER_METRICS_PORT": "0",
+        **local,
         "FINETUNE_METRICS_PORT": str(free_port()),
         "FINETUNE_METRICS_ADDRESS": "127.0.0.1",
         "FINETUNE_POLL_SECONDS": "1",
@@ -138,6 +142,20 @@ def operator(kube_api: KubeApi, node_agent: Any, operator_env: dict[str, str], t
         yield op
     finally:
         op.stop()
+
+
+def cluster_checkpoint_spec() -> dict[str, Any]:
+    """On a real cluster: checkpoints on the S3 that FINETUNE_E2E_STORAGE names, credentials in the Secret
+    FINETUNE_E2E_S3_SECRET of the test namespace (created by the `jobs` fixture from AWS_* variables)."""
+    s3 = {"credentialsSecret": E2E_SECRET}
+    if endpoint := os.environ.get("FINETUNE_E2E_S3_ENDPOINT"):
+        s3["endpoint"] = endpoint
+    if region := os.environ.get("AWS_REGION"):
+        s3["region"] = region
+    return {"storage": os.environ["FINETUNE_E2E_STORAGE"], "s3": s3}
+
+
+E2E_SECRET = "finetune-e2e-s3"
 
 
 class Jobs:
@@ -217,7 +235,11 @@ class Jobs:
 
 @pytest.fixture
 def jobs(kube_api: KubeApi) -> Jobs:
-    return Jobs(kube_api)
+    jobs = Jobs(kube_api)
+    if real_cluster():
+        data = {"accessKey": os.environ["AWS_ACCESS_KEY_ID"], "secretKey": os.environ["AWS_SECRET_ACCESS_KEY"]}
+        jobs.core.create_namespaced_secret(kube_api.namespace, {"metadata": {"name": E2E_SECRET}, "stringData": data})
+    return jobs
 
 
 def phase_is(*phases: str) -> Callable[[dict[str, Any]], bool]:
@@ -228,7 +250,9 @@ def phase_is(*phases: str) -> Callable[[dict[str, Any]], bool]:
 def job_manifest(tiny_bert: Path, sentiment_csv: tuple[Path, Path], tmp_path: Path) -> Callable[..., dict[str, Any]]:
     """A small learnable FineTuneJob: tiny BERT, 2 processes in one pod, checkpoints every few steps."""
     train, val = sentiment_csv
-    storage = os.environ.get("FINETUNE_E2E_STORAGE") or str(tmp_path / "storage")
+    checkpoint: dict[str, Any] = {"storage": str(tmp_path / "storage")}
+    if real_cluster():
+        checkpoint = cluster_checkpoint_spec()
     model = os.environ.get("FINETUNE_E2E_MODEL") or str(tiny_bert)
 
     def make(name: str, *, max_steps: int = 40, every: int = 10, serving: dict | None = None,
@@ -253,7 +277,7 @@ def job_manifest(tiny_bert: Path, sentiment_csv: tuple[Path, Path], tmp_path: Pa
                     "maxSeqLength": 32,
                 },
                 "resources": {"nodes": 1, "processesPerNode": 2, "cpu": "2", "memory": "2Gi"},
-                "checkpoint": {"storage": storage, "everySteps": every},
+                "checkpoint": {**checkpoint, "everySteps": every},
                 "backoffLimit": 3,
                 **spec,
             },

@@ -12,13 +12,16 @@ Three jobs carry all assertions (each training run is the expensive part):
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.e2e.conftest import Jobs, Operator, phase_is
+from finetune_operator import cli
+from tests.e2e.conftest import Jobs, Operator, cluster_checkpoint_spec, phase_is, real_cluster
 from tests.fixtures.kube import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
@@ -75,8 +78,11 @@ def test_job_from_apply_to_served_model(operator: Operator, jobs: Jobs, job_mani
 
 
 @pytest.fixture
-def s3_checkpoints(s3_server, jobs: Jobs, operator_env: dict[str, str]) -> dict[str, Any]:
+def s3_checkpoints(request: pytest.FixtureRequest, jobs: Jobs, operator_env: dict[str, str]) -> dict[str, Any]:
     """Checkpoint storage on a real S3 server: workers get credentials from a Secret, the operator its own."""
+    if real_cluster():
+        return {**cluster_checkpoint_spec(), "everySteps": 5}
+    s3_server = request.getfixturevalue("s3_server")
     jobs.core.create_namespaced_secret(
         jobs.kube.namespace,
         {"metadata": {"name": "s3-credentials"},
@@ -96,10 +102,15 @@ def test_worker_crash_and_suspend_resume_continue_from_checkpoints(
     jobs.create(body)
     jobs.wait(name, stepped(12), 180, "past the first checkpoints", operator)
 
-    # A worker crashes (its process group is SIGKILLed): the group restarts from the latest checkpoint.
-    assert node_agent.kill_pod(jobs.kube.namespace, "resilient-a1-0", signal.SIGKILL) >= 1
+    # A worker crashes (its processes SIGKILLed; on a real cluster, the pod force-deleted): the group restarts
+    # from the latest checkpoint.
+    if jobs.kube.stand_in:
+        assert node_agent.kill_pod(jobs.kube.namespace, "resilient-a1-0", signal.SIGKILL) >= 1
+    else:
+        jobs.core.delete_namespaced_pod("resilient-a1-0", jobs.kube.namespace, grace_period_seconds=0)
     restarting = jobs.wait(name, phase_is("Restarting"), 60, "Restarting", operator)
-    assert restarting["restarts"] == 1 and restarting["attempt"] == 2 and restarting["reason"] == "Killed"
+    assert restarting["restarts"] == 1 and restarting["attempt"] == 2
+    assert restarting["reason"] == ("Killed" if jobs.kube.stand_in else "PodDeleted")
     jobs.wait(name, lambda s: s.get("phase") == "Running" and s.get("attempt") == 2, 120, "attempt 2", operator)
     eventually(lambda: "resumed from checkpoint at step" in trainer_log(jobs, "resilient-a2-0"), timeout=120,
                what="attempt 2 resumed from a checkpoint")  # fmt: skip
@@ -121,18 +132,24 @@ def test_worker_crash_and_suspend_resume_continue_from_checkpoints(
     assert final["phase"] == "Succeeded", final
     assert final["restarts"] == 1 and final["attempt"] == 3
     reasons = [e.split(":")[0] for e in jobs.events(name)]
-    assert {"Killed", "Suspended", "Resumed"} <= set(reasons), reasons
+    assert {restarting["reason"], "Suspended", "Resumed"} <= set(reasons), reasons
     assert 'finetune_operator_restarts_total{job="resilient"' in operator.scrape()
 
 
 def test_bad_dataset_fails_once_with_the_trainers_reason(
-    operator: Operator, jobs: Jobs, job_manifest, tmp_path: Path
+    operator: Operator, jobs: Jobs, job_manifest, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Also the cluster CLI: `finetune submit` the job file, `finetune get`, `finetune logs`, `finetune delete`."""
     bad = tmp_path / "bad.csv"
     bad.write_text("review,label\ngreat film,positive\nawful film,negative\n" * 20)
     body = job_manifest("badinput")
-    body["spec"]["dataset"] = {"train": str(bad)}
-    jobs.create(body)
+    body["spec"]["dataset"] = {"train": os.environ.get("FINETUNE_E2E_BAD_TRAIN") or str(bad)}
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(body))
+    where = ["--kubeconfig", str(jobs.kube.kubeconfig), "--namespace", jobs.kube.namespace]
+    assert cli.main(["submit", str(job_file), *where]) == 0
+    assert f"finetunejob.finetune.dev/badinput created in {jobs.kube.namespace}" in capsys.readouterr().out
+
     final = jobs.wait("badinput", phase_is("Failed", "Succeeded"), 180, "failed", operator)
     assert final["phase"] == "Failed" and final["reason"] == "InvalidInput", final
     assert "text" in final["message"] and "review" in final["message"], final["message"]
@@ -140,3 +157,12 @@ def test_bad_dataset_fails_once_with_the_trainers_reason(
     failed = next(c for c in final["conditions"] if c["type"] == "Failed")
     assert failed["status"] == "True" and failed["message"] == final["message"]
     assert [p.metadata.name for p in jobs.pods("badinput")] == ["badinput-a1-0"]
+
+    assert cli.main(["get", *where]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["NAME", "PHASE", "PROGRESS", "ACCURACY", "RESTARTS", "MODEL"]
+    assert table[1].split() == ["badinput", "Failed", "-", "-", "0", "-"]
+    assert cli.main(["logs", "badinput", "--rank", "0", *where]) == 0
+    assert "error: " in capsys.readouterr().out
+    assert cli.main(["delete", "badinput", *where]) == 0
+    eventually(lambda: not jobs.exists("badinput"), timeout=60, what="job deleted")
