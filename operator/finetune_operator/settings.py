@@ -20,6 +20,7 @@
 | FINETUNE_WATCH_TIMEOUT_SECONDS | 300 | Server-side timeout of watch requests (kopf reconnects after it). |
 | FINETUNE_PEERING | | kopf peering name for several replicas (one active); empty runs standalone. |
 | FINETUNE_WEBHOOK_PORT | 0 | Port of the validating admission webhook (0: no webhook). |
+| FINETUNE_WEBHOOK_ADDRESS | 0.0.0.0 | Address the webhook server listens on. |
 | FINETUNE_WEBHOOK_HOST | | Host name in the webhook URL the API server calls. |
 | FINETUNE_WEBHOOK_CERT, FINETUNE_WEBHOOK_KEY | | TLS certificate and key files of the webhook server. |
 | AWS_*, FINETUNE_S3_* | | The operator's own S3 access (it reads progress.json), as finetune_trainer.storage. |
@@ -84,6 +85,7 @@ class Settings:
     watch_timeout_seconds: int = 300
     peering: str | None = None
     webhook_port: int = 0
+    webhook_address: str = "0.0.0.0"
     webhook_host: str | None = None
     webhook_cert: str | None = None
     webhook_key: str | None = None
@@ -116,6 +118,7 @@ class Settings:
             "watch_timeout_seconds": _int(env, "FINETUNE_WATCH_TIMEOUT_SECONDS", 300, minimum=1),
             "peering": env.get("FINETUNE_PEERING") or None,
             "webhook_port": _int(env, "FINETUNE_WEBHOOK_PORT", 0, maximum=65535),
+            "webhook_address": env.get("FINETUNE_WEBHOOK_ADDRESS") or "0.0.0.0",
             "webhook_host": env.get("FINETUNE_WEBHOOK_HOST") or None,
             "webhook_cert": env.get("FINETUNE_WEBHOOK_CERT") or None,
             "webhook_key": env.get("FINETUNE_WEBHOOK_KEY") or None,

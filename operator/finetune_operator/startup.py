@@ -37,7 +37,7 @@ def configure(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
         kopf_settings.peering.standalone = True
     if settings.webhook_port:
         kopf_settings.admission.server = kopf.WebhookServer(
-            addr="0.0.0.0",
+            addr=settings.webhook_address,
             port=settings.webhook_port,
             host=settings.webhook_host,
             certfile=settings.webhook_cert,
