@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import os
 import signal
 import subprocess
@@ -42,8 +43,9 @@ def config(tmp: Path, model: Path, data: tuple[Path, Path], storage: str, **hp) 
     return path
 
 
-def start(cfg: Path, env: dict[str, str], nproc: int = 2) -> subprocess.Popen:
+def start(cfg: Path, env: dict[str, str], nproc: int = 2, max_restarts: int = 0) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           f"--max-restarts={max_restarts}",
            "-m", "finetune_trainer", "train", "--config", str(cfg)]
     log = open(cfg.parent / f"log-{time.monotonic_ns()}.txt", "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, stdout=log,
@@ -140,6 +142,24 @@ def test_sigkill_mid_epoch_resumes_from_last_checkpoint(tmp_path, tiny_bert, sen
         assert got[step] == pytest.approx(loss, abs=TOLERANCE), f"step {step}"
     assert resumed["validation"]["loss"] == pytest.approx(reference_run["validation"]["loss"], abs=TOLERANCE)
     assert resumed["validation"]["accuracy"] == reference_run["validation"]["accuracy"]
+
+
+def test_torchrun_restarts_a_crashed_worker_group_from_the_checkpoint(tmp_path, tiny_bert, sentiment_csv,
+                                                                      reference_run):
+    import psutil
+
+    cfg = config(tmp_path, tiny_bert, sentiment_csv, str(tmp_path / "checkpoints"))
+    proc = start(cfg, {}, max_restarts=1)
+    wait_for_log(cfg, proc, f"checkpoint-{EVERY:08d} committed")
+    wait_for_step(cfg, proc, EVERY + 2)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    workers[-1].kill()  # one rank dies (OOM-killed, segfault); torchrun restarts the whole group
+    assert finish(proc, cfg) == 0, logs(cfg)[-3000:]
+    resumed = re.search(r"resumed from checkpoint at step (\d+)", logs(cfg))
+    assert resumed and int(resumed.group(1)) >= EVERY, logs(cfg)[-3000:]
+    m = metrics(cfg)
+    assert [h["step"] for h in m["history"]] == list(range(1, STEPS + 1))
+    assert m["validation"]["loss"] == pytest.approx(reference_run["validation"]["loss"], abs=TOLERANCE)
 
 
 def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tmp_path, tiny_bert, sentiment_csv, s3_server):

@@ -11,6 +11,9 @@ import torch
 import torch.distributed as td
 
 
+TIMEOUT = timedelta(minutes=30)
+
+
 @dataclass(frozen=True)
 class DistInfo:
     rank: int
@@ -39,8 +42,22 @@ def init() -> DistInfo:
         device = torch.device("cpu")
     if world > 1 and not td.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        td.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        td.init_process_group(backend=backend, timeout=TIMEOUT, **_store_args(rank, world))
     return DistInfo(rank, local_rank, world, device)
+
+
+def _store_args(rank: int, world: int) -> dict[str, Any]:
+    """A store namespaced by torchrun's restart count when workers share the agent's store.
+
+    After ``--max-restarts`` restarts a worker group, the agent's store still holds the previous group's
+    addresses under the same keys; a restarted rank can read a dead peer's address and fail to connect.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    store = td.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                        timeout=TIMEOUT)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return {"store": td.PrefixStore(f"finetune/attempt-{attempt}", store), "rank": rank, "world_size": world}
 
 
 def close() -> None:
