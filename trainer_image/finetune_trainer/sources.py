@@ -60,7 +60,7 @@ def local_files(source: str, field: str, cache_dir: Path) -> list[Path] | None:
         source = str(download(source, cache_dir))
     elif source.startswith("file://"):
         source = source.removeprefix("file://")
-    looks_local = source.startswith((".", "/", "~")) or os.sep in source and Path(source).suffix
+    looks_local = source.startswith((".", "/", "~")) or (os.sep in source and Path(source).suffix)
     if any(c in source for c in "*?["):
         files = sorted(Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True))
         if not files:
