@@ -50,6 +50,7 @@ def test_job_from_apply_to_served_model(operator: Operator, jobs: Jobs, job_mani
     assert progress["totalSteps"] == 60 and 0 < progress["percent"] <= 100 and progress["etaSeconds"] >= 0
     assert status["attempt"] == 1 and status["restarts"] == 0
     assert "loss" in status["metrics"]
+    assert "finetune.dev/finalizer" in jobs.get(name)["metadata"]["finalizers"]
     before = {p.metadata.name: p.metadata.uid for p in jobs.pods(name)}
     assert sorted(before) == ["sentiment-a1-0"]
 
