@@ -85,6 +85,11 @@ def spec_errors(job: api.FineTuneJob, settings: Settings) -> list[str]:
             "spec.checkpoint.storage: required on a cluster (pods are ephemeral; checkpoints, progress and the "
             "model live there): set s3://bucket/prefix, or FINETUNE_DEFAULT_STORAGE on the operator"
         )
+    if job.spec.serving.enabled and not job.spec.serving.triton_url:
+        errors.append(
+            "spec.serving.tritonUrl: required when serving.enabled is true on a cluster (the job succeeds only "
+            "once that Triton serves the published model)"
+        )
     return errors
 
 

@@ -66,6 +66,9 @@ def test_admission_rejects_what_the_cluster_cannot_run() -> None:
     assert errors and errors[0].startswith("spec.checkpoint.storage: required on a cluster")
     assert admission.validate("sentiment", "ml", {**SPEC, "checkpoint": {}}, Settings(default_storage="s3://d")) == []
     assert admission.validate("sentiment", "ml", SPEC, SETTINGS) == []
+    serving = {**SPEC, "serving": {"enabled": True, "repository": "s3://models"}}
+    (error,) = admission.validate("sentiment", "ml", serving, SETTINGS)
+    assert error.startswith("spec.serving.tritonUrl: required when serving.enabled is true")
 
 
 @pytest.mark.parametrize(
