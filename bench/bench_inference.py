@@ -107,16 +107,25 @@ def timed(fns: dict, warmup: int, runs: int) -> dict[str, dict[str, float]]:
     }
 
 
+def session(path: Path):
+    """An onnxruntime CPU session whose idle threads do not spin: spinning threads would steal the cores from
+    the engine timed next (it made PyTorch look 2-15x slower than it is when interleaved)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def engines(model_dir: Path, export_dir: Path, texts: list[str], runs: int) -> dict:
     """Latency and throughput of PyTorch eager, ORT fp32 and ORT int8 at batch 1 and 32, padded to 128."""
-    import onnxruntime as ort
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()  # default (SDPA) attention
     sessions = {
-        name: ort.InferenceSession(str(export_dir / f), providers=["CPUExecutionProvider"])
+        name: session(export_dir / f)
         for name, f in (("onnxruntime_fp32", "model.onnx"), ("onnxruntime_int8", "model.int8.onnx"))
     }
     out: dict = {}
@@ -142,7 +151,6 @@ def engines(model_dir: Path, export_dir: Path, texts: list[str], runs: int) -> d
 
 def triton_bench(export_dir: Path, texts: list[str], runs: int, clients: int, per_client: int) -> dict:
     """Publish into a fresh repository served by tritonserver; text-in latency and dynamic batching."""
-    import onnxruntime as ort
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
     from transformers import AutoTokenizer
@@ -162,11 +170,11 @@ def triton_bench(export_dir: Path, texts: list[str], runs: int, clients: int, pe
         out["publish_seconds"] = time.perf_counter() - t
 
         tokenizer = AutoTokenizer.from_pretrained(export_dir)
-        session = ort.InferenceSession(str(export_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+        fp32 = session(export_dir / "model.onnx")
 
         def in_process(i):
             enc = tokenizer([texts[i % len(texts)]], truncation=True, max_length=SEQ, return_tensors="np")
-            session.run(["logits"], {k: v.astype(np.int64) for k, v in enc.items()})
+            fp32.run(["logits"], {k: v.astype(np.int64) for k, v in enc.items()})
 
         def remote(module, url):
             client = module.InferenceServerClient(url)
@@ -297,7 +305,8 @@ def markdown(r: dict) -> str:
             f"Model: all-MiniLM-L6-v2 + 10-class linear-probe head fitted on {r['train_rows']} Yahoo Answers training "
             f"rows (encoder as pretrained); accuracy on {acc['examples']} Yahoo test rows. Latency: sequence length "
             f"{SEQ} (padded), p50 / p99 over {r['runs']} runs at batch 1 and {max(5, r['runs'] // 10)} at batch 32, "
-            "default threads. ORT fp32 is the optimizer's fused graph (eager-attention export); int8 is dynamic "
+            "default threads, calls of the engines interleaved, onnxruntime thread spinning off. "
+            "ORT fp32 is the optimizer's fused graph (eager-attention export); int8 is dynamic "
             "quantization of it. Triton is tritonserver 2.51 (nvidia-pytriton) with the Python backend running the "
             "same model.onnx through onnxruntime (its onnxruntime backend is not installable here).",
             "",
@@ -326,6 +335,10 @@ def markdown(r: dict) -> str:
             f"{db['speedup']:.2f}x the throughput; the classifier executed batches of {n['classifier_avg_batch']:.1f} "
             f"requests on average (vs {one['classifier_avg_batch']:.1f}). Publishing (write the version, "
             f"load four models, confirm) took {tri['publish_seconds']:.1f} s.",
+            "",
+            f"Batch 32 (less sensitive to other load than batch 1, where PyTorch's OpenMP threads suffer most on a "
+            f"busy machine): ORT fp32 {b32['onnxruntime_fp32']['p50_ms'] / b32['pytorch_eager']['p50_ms']:.2f}x, "
+            f"int8 {b32['onnxruntime_int8']['p50_ms'] / b32['pytorch_eager']['p50_ms']:.2f}x PyTorch eager latency.",
             "",
             f"Raw numbers: `bench/results/{r['results_file']}`.",
             "",
@@ -414,12 +427,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def agreement(export_dir: Path, texts: list[str]) -> float:
     """Share of texts where int8 and fp32 ORT pick the same class."""
-    import onnxruntime as ort
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(export_dir)
     same = []
-    sessions = [ort.InferenceSession(str(export_dir / f)) for f in ("model.onnx", "model.int8.onnx")]
+    sessions = [session(export_dir / f) for f in ("model.onnx", "model.int8.onnx")]
     for i in range(0, len(texts), 32):
         enc = tokenizer(texts[i : i + 32], padding=True, truncation=True, max_length=SEQ, return_tensors="np")
         feed = {k: v.astype(np.int64) for k, v in enc.items()}
