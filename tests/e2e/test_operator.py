@@ -101,7 +101,7 @@ def test_worker_crash_and_suspend_resume_continue_from_checkpoints(
     body = job_manifest(name, max_steps=80, every=5)
     body["spec"]["checkpoint"] = s3_checkpoints
     jobs.create(body)
-    jobs.wait(name, stepped(12), 180, "past the first checkpoints", operator)
+    jobs.wait(name, stepped(15), 180, "past the first checkpoints", operator)
 
     # A worker crashes (its processes SIGKILLed; on a real cluster, the pod force-deleted): the group restarts
     # from the latest checkpoint.
@@ -116,7 +116,7 @@ def test_worker_crash_and_suspend_resume_continue_from_checkpoints(
     eventually(lambda: "resumed from checkpoint at step" in trainer_log(jobs, "resilient-a2-0"), timeout=120,
                what="attempt 2 resumed from a checkpoint")  # fmt: skip
     resumed_at = int(trainer_log(jobs, "resilient-a2-0").split("resumed from checkpoint at step ")[1].split()[0])
-    assert resumed_at >= 10
+    assert resumed_at >= 5  # checkpoints every 5 steps, uploaded in the background
 
     # Suspend (as Kueue does): workers stop after a final checkpoint; resume continues from it.
     jobs.patch_spec(name, {"suspend": True})
