@@ -35,6 +35,12 @@ def _run(args: argparse.Namespace) -> int:
     if code != 0:
         print(f"finetune: training failed (exit {code}); logs above, config in {run.config}", file=sys.stderr)
         return code
+    if job.spec.serving.enabled:
+        code = local.serve(job, run)
+        if code != 0:
+            print(f"finetune: export or publication failed (exit {code}); the trained model is in {run.model}",
+                  file=sys.stderr)
+            return code
     print(local.summary(run))
     return 0
 

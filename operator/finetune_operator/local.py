@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetune_operator.api import FineTuneJob
+from finetune_operator.steps import export_args, publish_args
 from finetune_trainer.config import TrainerConfig
 
 CHECKPOINT_DIR = "checkpoints"
@@ -42,6 +43,10 @@ class LocalRun:
     @property
     def plot(self) -> Path:
         return self.dir / "training_curve.png"
+
+    @property
+    def export(self) -> Path:
+        return self.dir / "export"
 
     @property
     def progress(self) -> Path:
@@ -125,9 +130,24 @@ def launch(job: FineTuneJob, run: LocalRun, *, nproc: int | None = None, max_res
     return subprocess.call(torchrun_command(run.config, procs, max_restarts), env=env)
 
 
+def serve(job: FineTuneJob, run: LocalRun) -> int:
+    """Export the trained model to ONNX and publish it into ``spec.serving.repository``, as the export pod does."""
+    repository = job.spec.serving.repository or ""
+    if "://" not in repository or repository.startswith("file://"):
+        Path(repository.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    trainer = [sys.executable, "-m", "finetune_trainer"]
+    code = subprocess.call([*trainer, *export_args(job, str(run.model), str(run.export))])
+    if code == 0:
+        code = subprocess.call([*trainer, *publish_args(job, str(run.export))])
+    return code
+
+
 def summary(run: LocalRun) -> str:
     """Human summary of a finished run: where things are and the headline metrics."""
     lines = [f"run:     {run.dir}", f"model:   {run.model}", f"metrics: {run.metrics}", f"plot:    {run.plot}"]
+    report = run.export / "export_report.json"
+    if report.exists():
+        lines.append(f"export:  {run.export}")
     if run.metrics.exists():
         m = json.loads(run.metrics.read_text(encoding="utf-8"))
         for split in ("validation", "test"):
