@@ -65,6 +65,7 @@ class Kube:
     """The operator's API calls. Create ignores 409 (already exists); delete ignores 404 (already gone)."""
 
     def __init__(self, connection: Connection | None = None, *, limit: int = 32):
+        self._reloadable = connection is None
         self.conn = connection or load_connection()
         self.limit = limit
         self._session: aiohttp.ClientSession | None = None
@@ -87,14 +88,21 @@ class Kube:
 
     async def request(self, method: str, path: str, *, body: Any = None, params: dict | None = None,
                       content_type: str = "application/json", ok: tuple[int, ...] = ()) -> Any:  # fmt: skip
-        session = await self.session()
         headers = {"Content-Type": content_type} if body is not None else {}
-        async with session.request(method, self.conn.host + path, json=body, params=params, headers=headers) as r:
-            if r.status < 300:
-                return await r.json(content_type=None)
-            if r.status in ok:
-                return None
-            raise KubeError(r.status, (await r.text())[:500])
+        for attempt in range(2):
+            session = await self.session()
+            async with session.request(method, self.conn.host + path, json=body, params=params, headers=headers) as r:
+                retry = r.status == 401 and attempt == 0 and self._reloadable
+                if not retry:
+                    if r.status < 300:
+                        return await r.json(content_type=None)
+                    if r.status in ok:
+                        return None
+                    raise KubeError(r.status, (await r.text())[:500])
+            # A rotated service-account token: read the credentials again, once.
+            self.conn = load_connection()
+            await session.close()
+        raise KubeError(401, "unauthorized after reloading credentials")
 
     @staticmethod
     def path(namespace: str, plural: str, name: str | None = None) -> str:
