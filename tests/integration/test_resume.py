@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -228,3 +228,15 @@ def test_s3_outage_during_training(tmp_path, tiny_bert, sentiment_csv, s3_server
     store = open_storage(f"{storage}/default/resume", config=s3_server.config())
     latest = CheckpointManager(store.url, storage=store).latest()
     assert latest is not None and latest.step == STEPS - STEPS % EVERY
+
+
+def test_wrong_credentials_fail_with_one_line_and_no_secret(tmp_path, tiny_bert, sentiment_csv, s3_server):
+    cfg = config(tmp_path, tiny_bert, sentiment_csv, s3_server.url("denied"))
+    env = {**os.environ, **s3_server.env(), "AWS_SECRET_ACCESS_KEY": "wrong-secret-c4n4ry"}
+    proc = subprocess.run([sys.executable, "-m", "finetune_trainer", "train", "--config", str(cfg)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "access denied" in errors[0] and "check the access key" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "wrong-secret-c4n4ry" not in proc.stderr + proc.stdout

@@ -8,7 +8,8 @@
     torchrun --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 \\
         --rdzv-id=JOB -m finetune_trainer train --config job.json
 
-Exit codes: 0 done, 2 bad input (one line on stderr, no traceback), 143 stopped by SIGTERM after a checkpoint.
+Exit codes: 0 done, 2 bad input (one line on stderr, no traceback; retrying cannot help), 3 storage unreachable
+or refused (one line; a retry may help once it is fixed), 143 stopped by SIGTERM after a checkpoint.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import sys
 
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import InputError
+from finetune_trainer.storage import StorageError
 
 EXIT_BAD_INPUT = 2
+EXIT_STORAGE = 3
 EXIT_PREEMPTED = 143
 
 
@@ -55,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StorageError as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr)
+        return EXIT_STORAGE
     except Preempted as e:
         logging.getLogger("finetune_trainer").warning("%s", e)
         return EXIT_PREEMPTED
