@@ -19,27 +19,17 @@ def _prf(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np
     return precision, recall, f1
 
 
-def single_label(logits: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str, Any]:
-    """Accuracy, macro/micro precision-recall-F1, confusion matrix and a per-class report."""
-    n = len(names)
-    pred = logits.argmax(axis=-1)
-    cm = np.zeros((n, n), dtype=np.int64)
-    np.add.at(cm, (labels, pred), 1)
-    tp = np.diag(cm).astype(float)
-    fp = cm.sum(axis=0) - tp
-    fn = cm.sum(axis=1) - tp
+def _report(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, support: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """Macro and micro precision/recall/F1 and a per-class report from per-class counts."""
     p, r, f1 = _prf(tp, fp, fn)
     mp, mr, mf = _prf(tp.sum(), fp.sum(), fn.sum())
-    support = cm.sum(axis=1)
     return {
-        "accuracy": float((pred == labels).mean()),
         "precision_macro": float(p.mean()),
         "recall_macro": float(r.mean()),
         "f1_macro": float(f1.mean()),
         "precision_micro": float(mp),
         "recall_micro": float(mr),
         "f1_micro": float(mf),
-        "confusion_matrix": cm.tolist(),
         "per_class": {
             name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]), "support": int(support[i])}
             for i, name in enumerate(names)
@@ -47,32 +37,29 @@ def single_label(logits: np.ndarray, labels: np.ndarray, names: list[str]) -> di
     }
 
 
+def single_label(logits: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """Accuracy, macro/micro precision-recall-F1, confusion matrix and a per-class report."""
+    n = len(names)
+    pred = logits.argmax(axis=-1)
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (labels, pred), 1)
+    tp = np.diag(cm).astype(float)
+    report = _report(tp, cm.sum(axis=0) - tp, cm.sum(axis=1) - tp, cm.sum(axis=1), names)
+    return {"accuracy": float((pred == labels).mean()), **report, "confusion_matrix": cm.tolist()}
+
+
 def multi_label(logits: np.ndarray, labels: np.ndarray, names: list[str], threshold: float) -> dict[str, Any]:
     """Micro/macro F1 at a probability threshold, subset accuracy and a per-label report."""
-    prob = 1.0 / (1.0 + np.exp(-logits))
-    pred = prob >= threshold
+    pred = 1.0 / (1.0 + np.exp(-logits)) >= threshold
     truth = labels >= 0.5
     tp = (pred & truth).sum(axis=0).astype(float)
     fp = (pred & ~truth).sum(axis=0).astype(float)
     fn = (~pred & truth).sum(axis=0).astype(float)
-    p, r, f1 = _prf(tp, fp, fn)
-    mp, mr, mf = _prf(tp.sum(), fp.sum(), fn.sum())
     return {
         "subset_accuracy": float((pred == truth).all(axis=1).mean()),
         "accuracy": float((pred == truth).mean()),
-        "precision_macro": float(p.mean()),
-        "recall_macro": float(r.mean()),
-        "f1_macro": float(f1.mean()),
-        "precision_micro": float(mp),
-        "recall_micro": float(mr),
-        "f1_micro": float(mf),
+        **_report(tp, fp, fn, truth.sum(axis=0), names),
         "threshold": threshold,
-        "per_class": {
-            name: {
-                "precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]), "support": int(truth[:, i].sum())
-            }
-            for i, name in enumerate(names)
-        },
     }
 
 

@@ -1,0 +1,43 @@
+"""Evaluation metrics against values worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from finetune_trainer import evaluate as E
+
+
+def test_single_label_metrics():
+    logits = np.array([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])  # predictions a, b, a
+    m = E.single_label(logits, np.array([0, 1, 1]), ["a", "b"])
+    assert m["accuracy"] == pytest.approx(2 / 3)
+    assert m["confusion_matrix"] == [[1, 0], [1, 1]]  # rows: truth, columns: prediction
+    assert m["per_class"]["a"] == {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3), "support": 1}
+    assert m["per_class"]["b"]["precision"] == 1.0 and m["per_class"]["b"]["recall"] == 0.5
+    assert m["f1_macro"] == pytest.approx(2 / 3)
+    assert m["f1_micro"] == pytest.approx(m["accuracy"])  # single-label micro F1 is accuracy
+
+
+def test_multi_label_metrics_at_threshold():
+    logits = np.array([[2.0, -1.0], [1.0, 3.0]])  # predicted sets {x}, {x, y}
+    m = E.multi_label(logits, np.array([[1, 0], [0, 1]]), ["x", "y"], threshold=0.5)
+    assert m["subset_accuracy"] == 0.5
+    assert m["per_class"]["x"]["precision"] == 0.5 and m["per_class"]["y"]["f1"] == 1.0
+    assert m["f1_micro"] == pytest.approx(0.8)  # tp 2, fp 1, fn 0
+    strict = E.multi_label(logits, np.array([[1, 0], [0, 1]]), ["x", "y"], threshold=0.9)
+    assert strict["per_class"]["x"]["recall"] == 0.5  # sigmoid(1) < 0.9
+
+
+def test_regression_metrics():
+    m = E.regression(np.array([1.0, 2.0, 4.0]), np.array([1.0, 3.0, 5.0]))
+    assert m["mse"] == pytest.approx(2 / 3)
+    assert m["mae"] == pytest.approx(2 / 3)
+    assert m["pearson"] == pytest.approx(np.corrcoef([1, 2, 4], [1, 3, 5])[0, 1])
+    assert m["spearman"] == pytest.approx(1.0)
+
+
+def test_best_metric_direction():
+    assert E.improved(0.9, 0.8, "accuracy") and not E.improved(0.8, 0.9, "accuracy")
+    assert E.improved(0.1, 0.2, "mse") and not E.improved(0.2, 0.1, "mse")
+    assert not E.improved(0.805, 0.8, "f1_macro", min_delta=0.01)
+    assert E.default_metric("regression") == "mse" and E.default_metric("single_label_classification") == "f1_macro"
