@@ -24,8 +24,9 @@ def test_multi_label_metrics_at_threshold():
     assert m["subset_accuracy"] == 0.5
     assert m["per_class"]["x"]["precision"] == 0.5 and m["per_class"]["y"]["f1"] == 1.0
     assert m["f1_micro"] == pytest.approx(0.8)  # tp 2, fp 1, fn 0
-    strict = E.multi_label(logits, np.array([[1, 0], [0, 1]]), ["x", "y"], threshold=0.9)
-    assert strict["per_class"]["x"]["recall"] == 0.5  # sigmoid(1) < 0.9
+    strict = E.multi_label(logits, np.array([[1, 0], [0, 1]]), ["x", "y"], threshold=0.8)
+    assert strict["per_class"]["x"]["precision"] == 1.0  # sigmoid(1) = 0.73 is no longer a prediction
+    assert strict["subset_accuracy"] == 1.0
 
 
 def test_regression_metrics():
