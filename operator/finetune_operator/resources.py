@@ -7,8 +7,8 @@ Children of one job, all owned by it (ownerReferences) and labelled for selectio
 - ``<job>-a<attempt>-config``: a ConfigMap with the TrainerConfig JSON of that attempt.
 - ``<job>-a<attempt>-<rank>``: one worker pod per node running ``torchrun --nnodes=N --nproc-per-node=G``.
   A new attempt (after a failure or a resume) gets new pods; the trainer resumes from the newest checkpoint.
-- ``<job>-export-<n>``: the export pod: exports the trained model (init containers: fetch when the model is
-  on S3, then export) and publishes it into the Triton repository (main container).
+- ``<job>-export-<n>``: the export pod: exports the trained model (init container, reading it from the job's
+  output, local or S3) and publishes it into the Triton repository (main container).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from finetune_operator import api
 from finetune_operator.local import trainer_config
 from finetune_operator.settings import RDZV_PORT, Settings
+from finetune_operator.steps import export_args, publish_args
 from finetune_trainer.config import S3Spec, TrainerConfig
 
 NAME_LABEL = "app.kubernetes.io/name"
@@ -359,42 +360,17 @@ def worker_group(job: api.FineTuneJob, uid: str, attempt: int, settings: Setting
 # --- export and publication ---------------------------------------------------------------------------------
 
 
-def _local(uri: str) -> str | None:
-    """The path of a local or file:// location; None for a remote one (s3://)."""
-    if uri.startswith("file://"):
-        return uri.removeprefix("file://")
-    return None if "://" in uri else uri
-
-
 def export_containers(job: api.FineTuneJob, settings: Settings) -> tuple[list[dict], dict]:
-    """Init containers (fetch the trained model when it is remote, export it) and the publish container."""
-    serving, py = job.spec.serving, settings.trainer_python
-    trained = f"{model_output(job, settings)}/model"
+    """The export init container (it reads the trained model from the job's output, local or s3://) and the
+    publish container."""
+    py = [settings.trainer_python, "-m", "finetune_trainer"]
     storage_env = s3_env(job.spec.checkpoint.s3)
-    steps = []
-    local = _local(trained)
-    if local is None:
-        local = f"{WORK_DIR}/model"
-        fetch = [py, "-c", "import sys, pathlib; from finetune_trainer.sources import download; "
-                 "download(sys.argv[1], pathlib.Path(sys.argv[2]))", trained, WORK_DIR]  # fmt: skip
-        steps.append(_container(job, settings, "fetch", fetch, storage_env))
-    export = [py, "-m", "finetune_trainer", "export", "--model", local, "--out", f"{WORK_DIR}/export"]
-    if serving.quantize:
-        export.append("--int8")
+    export = [*py, *export_args(job, f"{model_output(job, settings)}/model", f"{WORK_DIR}/export")]
     exporter = _container(job, settings, "export", export, storage_env)
     exporter["resources"] = _resources(job.spec.resources)
-    steps.append(exporter)
-    publish = [py, "-m", "finetune_trainer", "publish", "--export", f"{WORK_DIR}/export"]
-    publish += ["--repository", serving.repository or "", "--name", serving.model_name or job.metadata.name]
-    publish += ["--backend", str(serving.backend), "--max-batch-size", str(serving.max_batch_size)]
-    kind = "KIND_GPU" if job.spec.resources.gpus_per_node and serving.backend != "python" else "KIND_CPU"
-    publish += ["--instance-kind", kind, "--instance-count", str(serving.instances)]
-    if serving.quantize:
-        publish += ["--variant", "int8"]
-    if serving.triton_url:
-        publish += ["--triton-url", serving.triton_url]
-    publisher = _container(job, settings, "publish", publish, s3_env(serving.s3) or storage_env)
-    return steps, publisher
+    publish = [*py, *publish_args(job, f"{WORK_DIR}/export", gpu=bool(job.spec.resources.gpus_per_node))]
+    publisher = _container(job, settings, "publish", publish, s3_env(job.spec.serving.s3) or storage_env)
+    return [exporter], publisher
 
 
 def export_pod(job: api.FineTuneJob, uid: str, n: int, settings: Settings) -> dict[str, Any]:

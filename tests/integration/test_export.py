@@ -71,7 +71,7 @@ def test_onnx_graph_has_dynamic_axes_and_matches_pytorch(tiny_export: Path, fine
 
 def test_broken_parity_fails_with_a_clear_error(finetuned_tiny: Path, tmp_path: Path, capsys):
     # No float graph reproduces PyTorch to 1e-12: the check must refuse the export.
-    assert main(["--model", str(finetuned_tiny), "--out", str(tmp_path), "--tolerance", "1e-12"]) == 1
+    assert main(["--model", str(finetuned_tiny), "--out", str(tmp_path), "--tolerance", "1e-12"]) == 2
     err = capsys.readouterr().err
     assert "does not match PyTorch" in err and "tolerance 1e-12" in err
     report = json.loads((tmp_path / "export_report.json").read_text())
@@ -80,12 +80,12 @@ def test_broken_parity_fails_with_a_clear_error(finetuned_tiny: Path, tmp_path: 
 
 def test_bad_eval_column_is_named(finetuned_tiny: Path, sentiment_csv, tmp_path: Path, capsys):
     argv = ["--model", str(finetuned_tiny), "--out", str(tmp_path), "--eval-file", str(sentiment_csv[1])]
-    assert main([*argv, "--label-column", "sentiment"]) == 1
+    assert main([*argv, "--label-column", "sentiment"]) == 2
     assert "'sentiment' not in columns ['text', 'label']" in capsys.readouterr().err
 
 
 def test_not_a_model_folder(tmp_path: Path, capsys):
-    assert main(["--model", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    assert main(["--model", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert "no config.json" in capsys.readouterr().err
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+
 from finetune_operator import reference
 from finetune_operator.api import crd, load_job_file
 

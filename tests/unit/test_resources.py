@@ -183,11 +183,13 @@ def test_export_pod_exports_then_publishes_with_the_repository_credentials() -> 
     pod = render("job-2x4-gpu")[-1]
     assert pod["metadata"]["name"] == "sentiment-export-1"
     assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "exporter"
-    fetch, export = pod["spec"]["initContainers"]
+    (export,) = pod["spec"]["initContainers"]
     (publish,) = pod["spec"]["containers"]
-    assert fetch["command"][-2:] == ["s3://ckpt/jobs/ml/sentiment/model-output/model", "/workspace"]
-    assert export["command"][1:8] == ["-m", "finetune_trainer", "export", "--model", "/workspace/model", "--out",
+    # The exporter reads the trained model straight from the job's output on S3, with the storage credentials.
+    assert export["command"][1:8] == ["-m", "finetune_trainer", "export", "--model",
+                                      "s3://ckpt/jobs/ml/sentiment/model-output/model", "--out",
                                       "/workspace/export"]  # fmt: skip
+    assert any("valueFrom" in e for e in export["env"])
     assert publish["command"][1:4] == ["-m", "finetune_trainer", "publish"]
     assert "s3://models/triton" in publish["command"] and "http://triton:8000" in publish["command"]
     secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in publish["env"] if "valueFrom" in e}

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 import torch.distributed as td
 
-
 TIMEOUT = timedelta(minutes=30)
 
 

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 
 from finetune_trainer.errors import InputError
+from finetune_trainer.sources import model_location
+from finetune_trainer.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -456,7 +458,7 @@ def evaluate_variants(ex: Examples, task: str, labels: list[str], model, variant
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m finetune_trainer export", description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, required=True, help="fine-tuned model folder (save_pretrained)")
+    p.add_argument("--model", required=True, help="fine-tuned model: a save_pretrained folder or an s3:// prefix")
     p.add_argument("--out", type=Path, required=True, help="export folder")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter")
@@ -480,10 +482,15 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    opts = ExportOptions(**vars(args))
     try:
-        report = export(opts)
-    except (InputError, ParityError) as e:
+        # The trained model may be a folder, or an s3:// prefix the trainer uploaded it to (fetched to scratch).
+        with tempfile.TemporaryDirectory(prefix="finetune-export-") as scratch:
+            args.model = Path(model_location(str(args.model), "--model", Path(scratch)))
+            report = export(ExportOptions(**vars(args)))
+    except (InputError, ParityError) as e:  # retrying cannot fix either
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except StorageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     summary = {k: report[k] for k in ("parity", "optimization", "tensorrt")} | {"files": list(report["files"])}

@@ -429,7 +429,10 @@ def main(argv: list[str]) -> int:
             instance_kind=args.instance_kind,
             instance_count=args.instance_count,
         )
-    except (InputError, PublishError) as e:
+    except InputError as e:  # retrying cannot fix it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except PublishError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     summary = result.to_dict()

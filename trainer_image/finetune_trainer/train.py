@@ -43,6 +43,19 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def report_error(error: Exception) -> None:
+    """One line on stderr from rank 0, also in the container's termination message for the operator to read
+    (torchrun itself exits 1 whatever its workers' codes, so the pod's exit code alone cannot say why)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    line = f"error: {error}"
+    print(line, file=sys.stderr)
+    path = os.environ.get("FINETUNE_TERMINATION_LOG", "/dev/termination-log")
+    if os.path.exists(path) and os.access(path, os.W_OK):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(line[:4000])  # the kubelet keeps at most 4096 bytes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune_trainer train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="TrainerConfig JSON written by the operator or `finetune run`")
@@ -55,12 +68,10 @@ def main(argv: list[str] | None = None) -> int:
 
         fit(cfg)
     except InputError as e:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {e}", file=sys.stderr)
+        report_error(e)
         return EXIT_BAD_INPUT
     except StorageError as e:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {e}", file=sys.stderr)
+        report_error(e)
         return EXIT_STORAGE
     except Preempted as e:
         logging.getLogger("finetune_trainer").warning("%s", e)
