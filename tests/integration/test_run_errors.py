@@ -113,3 +113,20 @@ def test_exit_code_and_no_traceback_from_the_real_command(tmp_path, tiny_bert):
     assert proc.returncode == 2
     assert "error: dataset.train: file not found" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_resume_continues_a_local_run(tmp_path, tiny_bert, sentiment_csv):
+    train, val = sentiment_csv
+    job = job_file(tmp_path, tiny_bert, {"train": str(train), "validation": str(val)},
+                   hyperparameters={"maxSteps": 6, "learningRate": 3e-3, "logEverySteps": 1},
+                   checkpoint={"everySteps": 3})
+    from finetune_operator.cli import main
+
+    assert main(["run", str(job), "--runs", str(tmp_path / "runs"), "--name", "first"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    # Asked for more steps, the same run directory continues from its last checkpoint instead of step 0.
+    assert main(["run", str(job), "--resume", str(run), "--max-steps", "9", "--name", "first"]) == 0
+    import json
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [h["step"] for h in metrics["history"]] == list(range(1, 10))
