@@ -103,7 +103,8 @@ def load_split(source: str, spec: DatasetSpec, field_name: str, cache_dir: Path)
         raise
     except Exception as e:  # datasets wraps parser errors in many types; all mean "this file is not readable"
         cause = e.__cause__ or e
-        if "corresponds to no data" in str(cause) or "No columns to parse" in str(cause):
+        empty = "corresponds to no data" in str(cause) or "No columns to parse" in str(cause)
+        if empty or isinstance(cause, StopIteration):  # StopIteration: the json builder found no line at all
             raise InputError(f"{field_name}: {source} has no rows") from None
         raise InputError(f"{field_name}: cannot read {source}: {type(cause).__name__}: {cause}".strip()) from None
     columns = ds.column_names
@@ -155,12 +156,23 @@ def label_names_from(splits: Sequence[TextSplit], spec: DatasetSpec, task: TaskS
         return list(spec.label_names)
     seen: set[Any] = set()
     for split in splits:
-        for v in split.labels:
-            seen.update(_split_multi(v) if task.type == TaskType.MULTI_LABEL else [v])
+        for row, v in enumerate(split.labels, 1):
+            items = _split_multi(v) if task.type == TaskType.MULTI_LABEL else [v]
+            for item in items:
+                if isinstance(item, list | dict):  # JSON rows can hold anything; none of it names a class
+                    raise InputError(_not_a_label(split.source, row, item, task))
+            seen.update(item for item in items if item is not None)  # a missing label is reported by encode_labels
     if all(isinstance(v, int) and not isinstance(v, bool) for v in seen):
         n = task.num_labels or (max(seen) + 1 if seen else 0)
         return [str(i) for i in range(n)]
     return sorted(str(v) for v in seen)
+
+
+def _not_a_label(source: str, row: int, value: Any, task: TaskSpec) -> str:
+    hint = ""
+    if isinstance(value, list) and task.type == TaskType.SINGLE_LABEL:
+        hint = "; for several labels per row set task.type multi_label_classification"
+    return f"dataset.labelColumn in {source}: row {row} is {value!r}, expected a label name or id{hint}"
 
 
 def encode_labels(split: TextSplit, names: list[str], task: TaskSpec) -> np.ndarray:
@@ -179,7 +191,11 @@ def encode_labels(split: TextSplit, names: list[str], task: TaskSpec) -> np.ndar
     index = {n: i for i, n in enumerate(names)}
 
     def to_id(v: Any, row: int) -> int:
-        if isinstance(v, bool) or v is None:
+        if v is None:
+            raise InputError(f"{where}: row {row} has no label (an empty cell or a short row?)")
+        if isinstance(v, list | dict):
+            raise InputError(_not_a_label(split.source, row, v, task))
+        if isinstance(v, bool):
             raise InputError(f"{where}: row {row} is {v!r}, expected one of {names[:10]} or an id")
         if isinstance(v, int | np.integer) and str(v) not in index:
             if 0 <= v < len(names):
