@@ -42,12 +42,13 @@ def trainer_log(jobs: Jobs, pod: str) -> str:
 
 def test_job_from_apply_to_served_model(operator: Operator, jobs: Jobs, job_manifest, serving_target) -> None:
     name = "sentiment"
-    jobs.create(job_manifest(name, max_steps=60, every=10, serving=serving_target.serving))
+    # Long enough that the operator sees it mid-run on a fast machine (it reads progress every second).
+    jobs.create(job_manifest(name, max_steps=150, every=25, serving=serving_target.serving))
 
     with_eta = stepped(10)
     status = jobs.wait(name, lambda s: with_eta(s) and "etaSeconds" in s["progress"], 180, "progress", operator)
     progress = status["progress"]
-    assert progress["totalSteps"] == 60 and 0 < progress["percent"] <= 100 and progress["etaSeconds"] >= 0
+    assert progress["totalSteps"] == 150 and 0 < progress["percent"] <= 100 and progress["etaSeconds"] >= 0
     assert status["attempt"] == 1 and status["restarts"] == 0
     assert "loss" in status["metrics"]
     assert "finetune.dev/finalizer" in jobs.get(name)["metadata"]["finalizers"]
