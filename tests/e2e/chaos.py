@@ -38,8 +38,8 @@ class RestartableTriton:
     does for the models it names (explicit model control loads nothing by itself).
     """
 
-    def __init__(self, install: Any, repository: Path, log_path: Path) -> None:
-        self.install, self.repository, self.log_path = install, repository, log_path
+    def __init__(self, install: Any, repository: Path, log_path: Path, extra: tuple[str, ...] = ()) -> None:
+        self.install, self.repository, self.log_path, self.extra = install, repository, log_path, list(extra)
         self.ports = (free_port(), free_port(), free_port())
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -49,7 +49,7 @@ class RestartableTriton:
 
     def start(self, timeout: float = 90.0) -> None:
         models = sorted(p.parent.name for p in self.repository.glob("*/config.pbtxt"))
-        extra = ["--exit-timeout-secs=3", *(f"--load-model={m}" for m in models)]
+        extra = ["--exit-timeout-secs=3", *(f"--load-model={m}" for m in models), *self.extra]
         argv, env = server_command(self.install, self.repository, *self.ports, load_all=False, extra=extra)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -124,7 +124,7 @@ def test_jobs_survive_random_faults(request, chaos_parts, jobs: Jobs, job_manife
             models[name] = f"m{i}"
             serving = {"enabled": True, "repository": str(repository), "tritonUrl": f"http://{triton.http_url}",
                        "backend": "python", "modelName": models[name], "maxBatchSize": 8}  # fmt: skip
-        jobs.create(job_body(job_manifest, name, rng.choice([12, 16]), s3_server, serving))
+        jobs.create(job_body(job_manifest, name, rng.choice([16, 24]), s3_server, serving))
         names.append(name)
 
     sampler = PodSampler(client.CoreV1Api(kube_api.client()), kube_api.namespace).start()
