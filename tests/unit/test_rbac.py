@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from finetune_operator.rbac import OPERATOR_RULES, grants, required_rules
+from finetune_operator.rbac import CLUSTERWIDE_RULES, OPERATOR_RULES, grants, required_rules
 
 RBAC = Path(__file__).resolve().parents[2] / "manifests" / "rbac.yaml"
 
@@ -55,3 +55,18 @@ def test_cluster_permissions_only_when_clusterwide_or_peering() -> None:
     assert ("apiextensions.k8s.io", "customresourcedefinitions", "list") in clusterwide
     peering = grants([r.to_dict() for r in required_rules(clusterwide=False, peering=True)])
     assert peering - namespaced == {("kopf.dev", "kopfpeerings", v) for v in ("get", "list", "watch", "patch")}
+
+
+def test_no_configuration_grants_secrets_exec_or_privilege_escalation() -> None:
+    """Whatever the chart's options, the operator can neither read credentials, run code in a pod, nor widen
+    its own permissions; cluster-wide it only reads."""
+    forbidden = {"secrets", "pods/exec", "pods/attach", "pods/portforward", "serviceaccounts/token", "nodes"}
+    for clusterwide in (False, True):
+        for peering in (False, True):
+            have = grants([r.to_dict() for r in required_rules(clusterwide=clusterwide, peering=peering)])
+            where = f"clusterwide={clusterwide}, peering={peering}"
+            assert not {resource for _, resource, _ in have} & forbidden, where
+            assert not any(group == "rbac.authorization.k8s.io" for group, _, _ in have), where
+            assert not {verb for _, _, verb in have} & {"escalate", "bind", "impersonate", "deletecollection"}, where
+    cluster_only = grants([r.to_dict() for r in CLUSTERWIDE_RULES])
+    assert {verb for _, _, verb in cluster_only} <= {"get", "list", "watch"}
