@@ -234,8 +234,15 @@ def tokenize(split: TextSplit, tokenizer: Any, hp: Hyperparameters, labels: np.n
         ids = enc["input_ids"]
         types = enc.get("token_type_ids") if wants_types else None
     else:
-        full = tokenizer(split.texts, truncation=False, padding=False, return_attention_mask=False,
-                         return_token_type_ids=False)["input_ids"]
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # "longer than the maximum length" is the point: we cut head and tail
+        try:
+            full = tokenizer(split.texts, truncation=False, padding=False, return_attention_mask=False,
+                             return_token_type_ids=False)["input_ids"]
+        finally:
+            hf_logging.set_verbosity(verbosity)
         prefix = 1 if len(tokenizer("", add_special_tokens=True)["input_ids"]) == 2 else 0
         head = prefix + hp.head_tokens
         tail = max_len - head
