@@ -310,9 +310,10 @@ def publish(
             f"(existing: {sorted(taken)}); omit --version to publish {max(taken) + 1}"
         )
     config_key = f"{name}/config.pbtxt"
-    previous = served_versions(storage.get_bytes(config_key).decode()) if storage.exists(config_key) else []
-    if not previous:
-        previous = sorted(versions_in(keys, name))
+    previous: list[int] = []
+    if storage.exists(config_key):  # only a config publishes; folders without one (a rolled-back or killed
+        # publication, Triton's __pycache__ left in them) are taken numbers, never served versions
+        previous = served_versions(storage.get_bytes(config_key).decode()) or sorted(versions_in(keys, name))
     served = sorted({*previous, new})
     if keep_versions:
         served = served[-keep_versions:]
