@@ -42,12 +42,25 @@ class RestartableTriton:
         self.install, self.repository, self.log_path, self.extra = install, repository, log_path, list(extra)
         self.ports = (free_port(), free_port(), free_port())
         self.proc: subprocess.Popen[bytes] | None = None
+        self.stuck_starts = 0
 
     @property
     def http_url(self) -> str:
         return f"127.0.0.1:{self.ports[0]}"
 
-    def start(self, timeout: float = 90.0) -> None:
+    def start(self, timeout: float = 45.0, attempts: int = 3) -> None:
+        """Start and wait until HTTP and gRPC answer. A start that hangs (Triton loading a version whose files a
+        publisher's rollback deletes meanwhile, see docs/reliability.md) is killed and started again, as the
+        kubelet restarts a pod that fails its startup probe; ``stuck_starts`` counts those."""
+        for attempt in range(1, attempts + 1):
+            if self._start_once(timeout):
+                return
+            self.stop()
+            self.stuck_starts += 1
+            if attempt == attempts:
+                raise RuntimeError(f"tritonserver not live after {attempts} starts of {timeout}s: see {self.log_path}")
+
+    def _start_once(self, timeout: float) -> bool:
         models = sorted(p.parent.name for p in self.repository.glob("*/config.pbtxt"))
         extra = ["--exit-timeout-secs=3", *(f"--load-model={m}" for m in models), *self.extra]
         argv, env = server_command(self.install, self.repository, *self.ports, load_all=False, extra=extra)
@@ -55,17 +68,15 @@ class RestartableTriton:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
                                          preexec_fn=_die_with_parent)  # fmt: skip
         deadline = time.monotonic() + timeout
-        while True:
+        while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tritonserver exited with {self.proc.returncode}: see {self.log_path}")
             live = f"http://{self.http_url}/v2/health/live"
             with contextlib.suppress(OSError), urllib.request.urlopen(live, timeout=1) as r:
                 if r.status == 200 and _grpc_live(f"127.0.0.1:{self.ports[1]}"):
-                    return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"tritonserver not live after {timeout}s: see {self.log_path}")
+                    return True
             time.sleep(0.2)
+        return False
 
     def stop(self) -> None:
         """SIGTERM the server's process group (it holds the Python-backend stubs), SIGKILL what is left."""

@@ -223,6 +223,7 @@ def test_jobs_survive_random_faults(request, chaos_parts, jobs: Jobs, job_manife
         "resumes_from_checkpoint": resumes,
         "torn_checkpoints_planted": sum(len(v) for v in torn.planted.values()),
         "model_versions_served": versions,
+        "triton_stuck_starts": triton.stuck_starts,
         "pod_samples": sampler.samples,
         "seconds": round(elapsed, 1),
     }
