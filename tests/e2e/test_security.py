@@ -33,6 +33,7 @@ from tests.fixtures.s3 import SeaweedFS
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 SECRET = "canary-s3"
+REGISTRY_SECRET = "canary-registry"
 KOPF_OPTIONAL_SCANS = {
     (group, resource, verb)
     for group, resource in (("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces"))
@@ -72,7 +73,8 @@ def test_canary_credentials_appear_nowhere_and_operator_calls_stay_within_rbac(
     if real_cluster():
         pytest.skip("plants credentials in a local S3 server and reads the stand-in's files")
     access_key, secret_key = f"AKCANARY{uuid.uuid4().hex[:12].upper()}", f"canary-secret-{uuid.uuid4().hex}"
-    canaries = needles(access_key, secret_key)
+    registry_password = f"canary-registry-{uuid.uuid4().hex}"
+    canaries = needles(access_key, secret_key, registry_password)
 
     s3 = SeaweedFS(tmp_path / "s3-server", access_key=access_key, secret_key=secret_key)
     s3.start()
@@ -111,6 +113,15 @@ def test_canary_credentials_appear_nowhere_and_operator_calls_stay_within_rbac(
                         resources={"nodes": 1, "processesPerNode": 1, "cpu": "1", "memory": "1Gi"})  # fmt: skip
     s3_spec = {"endpoint": s3.endpoint, "region": "us-east-1", "credentialsSecret": SECRET}
     body["spec"]["checkpoint"] = {"storage": "s3://canary/checkpoints", "everySteps": 5, "s3": s3_spec}
+    # Registry credentials: a dockerconfigjson Secret the pods name in imagePullSecrets.
+    auth = base64.b64encode(f"robot:{registry_password}".encode()).decode()
+    docker_config = {"auths": {"registry.example": {"username": "robot", "password": registry_password, "auth": auth}}}
+    jobs.core.create_namespaced_secret(
+        kube_api.namespace,
+        {"metadata": {"name": REGISTRY_SECRET}, "type": "kubernetes.io/dockerconfigjson",
+         "stringData": {".dockerconfigjson": json.dumps(docker_config)}},
+    )  # fmt: skip
+    body["spec"].setdefault("template", {})["imagePullSecrets"] = [REGISTRY_SECRET]
     jobs.create(body)
 
     def scrape_trainer() -> str | None:
@@ -161,12 +172,17 @@ def test_canary_credentials_appear_nowhere_and_operator_calls_stay_within_rbac(
     leaks = {where: hits for where, data in outputs.items() if (hits := found(data, canaries))}
     known = {
         where
-        for where in leaks
-        if where.startswith("file operator-") and botocore_debug_only(outputs[where], access_key)
+        for where, hits in leaks.items()
+        # only the access key id, only in botocore's request dumps: the secret key anywhere is a failure
+        if where.startswith("file operator-")
+        and hits == [access_key]
+        and botocore_debug_only(outputs[where], access_key)
     }
     assert not {w: h for w, h in leaks.items() if w not in known}, f"credentials leaked: {leaks}"
-    # The search does find the canary where it belongs: base64 in the Secret itself.
+    # The search does find the canaries where they belong: base64 in the Secrets themselves.
     assert found(api_json(api, jobs.core.read_namespaced_secret(SECRET, ns)), canaries)
+    assert found(api_json(api, jobs.core.read_namespaced_secret(REGISTRY_SECRET, ns)), needles(registry_password))
+    assert all(p.spec.image_pull_secrets[0].name == REGISTRY_SECRET for p in jobs.core.list_namespaced_pod(ns).items)
     print(f"\ncanary searched in {len(outputs)} outputs ({sum(len(v) for v in outputs.values()) / 1e6:.1f} MB)")
 
     # Deletion goes through the operator's finalizer too; then compare what it called with its Role.
