@@ -22,6 +22,12 @@ def configure(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
+    # Named namespaces need no cluster-wide scans of CRDs and namespaces, which a namespaced Role refuses
+    # (kopf would retry them for about a minute at every start before serving jobs).
+    kopf_settings.scanning.disabled = bool(settings.namespaces)
+    # botocore's debug request dumps carry the S3 access key id: never log them, whatever the verbosity.
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     kopf_settings.posting.level = logging.INFO
     kopf_settings.posting.reporting_component = "finetune-operator"
     kopf_settings.watching.server_timeout = settings.watch_timeout_seconds
