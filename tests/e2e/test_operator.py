@@ -42,8 +42,11 @@ def trainer_log(jobs: Jobs, pod: str) -> str:
 
 def test_job_from_apply_to_served_model(operator: Operator, jobs: Jobs, job_manifest, serving_target) -> None:
     name = "sentiment"
-    # Long enough that the operator sees it mid-run on a fast machine (it reads progress every second).
-    jobs.create(job_manifest(name, max_steps=150, every=25, serving=serving_target.serving))
+    # Long enough that the operator sees it mid-run on a fast machine (it reads progress every second):
+    # 150 steps of 64 examples take 15 s or more, where batches of 8 can be done in 2 s.
+    manifest = job_manifest(name, max_steps=150, every=25, serving=serving_target.serving)
+    manifest["spec"]["hyperparameters"]["batchSize"] = 64
+    jobs.create(manifest)
 
     with_eta = stepped(10)
     status = jobs.wait(name, lambda s: with_eta(s) and "etaSeconds" in s["progress"], 180, "progress", operator)
@@ -101,6 +104,7 @@ def test_worker_crash_and_suspend_resume_continue_from_checkpoints(
     name = "resilient"
     body = job_manifest(name, max_steps=80, every=5)
     body["spec"]["checkpoint"] = s3_checkpoints
+    body["spec"]["hyperparameters"]["batchSize"] = 64  # slow enough to crash and suspend it mid-run anywhere
     jobs.create(body)
     jobs.wait(name, stepped(15), 180, "past the first checkpoints", operator)
 

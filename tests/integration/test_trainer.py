@@ -114,12 +114,13 @@ def test_multi_label(tmp_path, tiny_bert):
     train = write_csv(tmp_path / "topics.csv", multilabel_rows(300, seed=6))
     config = write_config(
         tmp_path, tiny_bert, {"train": str(train), "labelColumn": "labels", "validationSplit": 0.2},
-        task={"type": "multi_label_classification"}, hp={"epochs": 15},
+        task={"type": "multi_label_classification"}, hp={"epochs": 30, "learningRate": 1e-3},
     )
     m = train_in_process(config)
     assert m["labels"] == ["food", "money", "sport"]
     v = m["validation"]
-    assert v["f1_micro"] > 0.85 and v["f1_macro"] > 0.85, v
+    # Predicting every label for every text already scores f1_micro 0.8 here; subset accuracy tells learning apart.
+    assert v["f1_micro"] > 0.9 and v["f1_macro"] > 0.9 and v["subset_accuracy"] > 0.7, v
     assert set(v["per_class"]) == {"food", "money", "sport"}
 
 
