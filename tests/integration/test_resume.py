@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.models import sentiment_rows, write_csv
+
 pytestmark = pytest.mark.slow
 
-# Per rank: 256 rows / 2 ranks / batch 4 = 32 steps an epoch; 40 steps cross an epoch boundary.
-STEPS, EVERY, BATCH, STEPS_PER_EPOCH = 40, 10, 4, 32
+# Per rank: 1024 rows / 2 ranks / batch 4 = 128 steps an epoch; 150 steps cross an epoch boundary, and a kill
+# soon after the step-10 checkpoint lands mid-epoch however fast the machine is.
+STEPS, EVERY, BATCH, STEPS_PER_EPOCH = 150, 10, 4, 128
 # Losses are summed over two ranks by gloo in a fixed order, and CPU kernels are deterministic for a fixed
 # thread count, so a resumed run reproduces the uninterrupted one to float32 rounding.
 TOLERANCE = 1e-5
@@ -103,6 +106,13 @@ def metrics(cfg: Path) -> dict:
 
 def losses_after(m: dict, step: int) -> dict[int, float]:
     return {h["step"]: h["loss"] for h in m["history"] if h["step"] > step}
+
+
+@pytest.fixture(scope="module")
+def sentiment_csv(tmp_path_factory):
+    """A larger training set than the shared one, so that an epoch lasts long enough to be interrupted."""
+    d = tmp_path_factory.mktemp("resume-data")
+    return write_csv(d / "train.csv", sentiment_rows(1024, seed=12)), write_csv(d / "val.csv", sentiment_rows(64, 13))
 
 
 @pytest.fixture(scope="module")
