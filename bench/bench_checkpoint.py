@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for the SeaweedFS launcher shared with the tests
 
+from bench.markdown import write_section  # noqa: E402
+
 SECTION = "## Checkpoint save"
 
 
@@ -234,20 +236,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of BENCHMARKS.md (or append it), keeping every other section."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    if SECTION in lines:
-        start = lines.index(SECTION)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        lines[start:end] = [*section.rstrip("\n").splitlines(), ""]
-        text = "\n".join(lines).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--state", choices=["minilm", "synthetic"], default="minilm")
@@ -301,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"checkpoint-{now.strftime('%Y-%m-%d')}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
-    write_section(args.benchmarks, markdown(result))
+    write_section(args.benchmarks, SECTION, markdown(result))
     print(markdown(result))
     print(f"wrote {out} and {args.benchmarks}")
     return 0

@@ -38,6 +38,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for the tritonserver launcher shared with the tests
 
+from bench.markdown import write_section  # noqa: E402
+
 SECTION = "## Inference (export, onnxruntime, Triton)"
 SEQ = 128
 
@@ -346,20 +348,6 @@ def markdown(r: dict) -> str:
     )
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of BENCHMARKS.md (or append it), keeping every other section."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    if SECTION in lines:
-        start = lines.index(SECTION)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        lines[start:end] = [*section.rstrip("\n").splitlines(), ""]
-        text = "\n".join(lines).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", type=int, default=1000, help="Yahoo training rows for the linear probe")
@@ -421,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     section = markdown(result)
     print(section)
     if not args.no_markdown:
-        write_section(ROOT / "BENCHMARKS.md", section)
+        write_section(ROOT / "BENCHMARKS.md", SECTION, section)
     return 0
 
 

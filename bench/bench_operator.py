@@ -40,6 +40,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the stand-in API server lives with the tests
 
+from tests.fixtures.processes import stop_process_group  # noqa: E402
+
 SECTION = "## Operator scale"
 SPEC = {
     "model": {"name": "bert-base-uncased"},
@@ -140,13 +142,7 @@ def start_operator(kubeconfig: Path, namespace: str, log: Path) -> subprocess.Po
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_process_group(proc, timeout=30)
 
 
 def body(name: str) -> dict[str, Any]:
