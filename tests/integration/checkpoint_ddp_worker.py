@@ -10,6 +10,7 @@ against that record and trains one more step; every rank prints one OK line.
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from pathlib import Path
@@ -93,8 +94,13 @@ def main(mode: str, url: str, out: str) -> None:
         assert all(torch.equal(g, gathered[0]) for g in gathered), "ranks diverged after resume"
         ckpt.close()
         print(f"rank {rank}: resumed step {info.step} OK")
+    dist.barrier()
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(*sys.argv[1:4])
+    # Leave without interpreter finalization: a gloo worker thread may still be releasing the last collective's
+    # tensors, and taking the GIL during finalization aborts the process (pytorch/pytorch#179291).
+    sys.stdout.flush()
+    os._exit(0)
