@@ -128,7 +128,8 @@ class Controller:
         if job is not None and lifecycle.wants_confirmation(memory.status, pods):
             serving = job.spec.serving
             name = serving.model_name or job.metadata.name
-            served = await asyncio.to_thread(publish.confirm, serving.triton_url, name)
+            version = lifecycle.published_version(memory.status, pods)
+            served = await asyncio.to_thread(publish.confirm, serving.triton_url, name, version)
         now = datetime.now(UTC)
         observed = lifecycle.Observed(pods=pods, progress=progress, served=served)
         decision = lifecycle.reconcile(job_meta, spec, memory.status, observed, now, self.settings)

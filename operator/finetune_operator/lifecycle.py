@@ -24,6 +24,7 @@ from typing import Any
 
 from finetune_operator import api, resources
 from finetune_operator.settings import Settings
+from finetune_trainer import termination
 from finetune_trainer.config import ConfigError
 
 PENDING, RUNNING, RESTARTING = "Pending", "Running", "Restarting"
@@ -37,7 +38,6 @@ EXIT_BAD_INPUT = 2
 PERMANENT_EXITS = {EXIT_BAD_INPUT}
 # Where the failure summary of torchrun names the first failed worker's exit code.
 _ROOT_CAUSE = re.compile(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", re.S)
-_ERROR_LINE = re.compile(r"^error: (.+)$", re.M)
 
 
 # --- what is observed ---------------------------------------------------------------------------------------
@@ -175,17 +175,18 @@ def classify(pod: PodView) -> Failure | None:
     if pod.phase != "Failed":
         return None
     code = pod.exit_code
+    said = termination.parse(pod.message)  # the trainer's own lines; a log tail holds them too
     root = _ROOT_CAUSE.search(pod.message or "")
-    worker_code = int(root.group(1)) if root else code
-    errors = _ERROR_LINE.findall(pod.message or "")
+    worker_code = said.exit_code if said.exit_code is not None else int(root.group(1)) if root else code
+    errors = [said.error] if said.error else []
     if code in PERMANENT_EXITS or worker_code in PERMANENT_EXITS:
-        text = errors[-1].strip() if errors else f"exit code {worker_code} (bad input); see `finetune logs`"
+        text = errors[-1] if errors else f"exit code {worker_code} (bad input); see `finetune logs`"
         return Failure(True, "InvalidInput", f"pod {pod.name}: {text}")
     if pod.reason == "OOMKilled":
         return Failure(False, "OOMKilled", f"pod {pod.name} ran out of memory")
     if code in (137, 143) or worker_code in (137, 143, -9, -15):
         return Failure(False, "Killed", f"pod {pod.name} was stopped by a signal (exit code {code})")
-    tail = f": {errors[-1].strip()}" if errors else ""
+    tail = f": {errors[-1]}" if errors else ""
     return Failure(False, "WorkerFailed", f"pod {pod.name} failed with exit code {code}{tail}")
 
 
@@ -540,8 +541,21 @@ def reconcile(meta: JobMeta, spec: Any, status: dict | None, observed: Observed,
 
 def wants_confirmation(status: dict | None, pods: list[PodView]) -> bool:
     """Whether the caller should ask Triton about the published model before reconciling."""
+    return _published_pod(status, pods) is not None
+
+
+def published_version(status: dict | None, pods: list[PodView]) -> int | None:
+    """The version the current export pod's publish step wrote (its termination message), or None when it did
+    not say (an older trainer image): then the newest served version is taken."""
+    pod = _published_pod(status, pods)
+    record = termination.parse(pod.message).published if pod else None
+    return record["version"] if record else None
+
+
+def _published_pod(status: dict | None, pods: list[PodView]) -> PodView | None:
     status = status or {}
     if status.get("phase") not in (EXPORTING, PUBLISHING):
-        return False
+        return None
     n = int(status.get("exportAttempt") or 1)
-    return any(p.component == resources.EXPORTER and p.export == n and p.phase == "Succeeded" for p in pods)
+    return next((p for p in pods if p.component == resources.EXPORTER and p.export == n and p.phase == "Succeeded"),
+                None)  # fmt: skip

@@ -18,8 +18,9 @@ def _host_port(url: str) -> tuple[str, bool]:
     return parsed.netloc, parsed.scheme == "https"
 
 
-def confirm(triton_url: str | None, name: str, *, timeout: float = 5.0) -> Served:
-    """Ask Triton whether ``name`` is ready; the newest served version is the published one.
+def confirm(triton_url: str | None, name: str, version: int | None = None, *, timeout: float = 5.0) -> Served:
+    """Ask Triton whether version ``version`` of ``name`` (the one the publish step wrote) is served and ready;
+    without a version, the newest served one.
 
     Never raises: an unreachable server or an unknown model is a not-ready answer with a message.
     """
@@ -40,7 +41,10 @@ def confirm(triton_url: str | None, name: str, *, timeout: float = 5.0) -> Serve
         versions = sorted(int(v) for v in meta.get("versions", []) if str(v).isdigit())
         if not versions:
             return Served(ready=False, name=name, endpoint=triton_url, message="Triton lists no version")
-        version = versions[-1]
+        if version is None:
+            version = versions[-1]
+        elif version not in versions:
+            return Served(False, name, version, triton_url, f"Triton serves versions {versions}, not {version}")
         if not client.is_model_ready(name, str(version)):
             return Served(False, name, version, triton_url, f"version {version} is not ready")
         return Served(ready=True, name=name, version=version, endpoint=triton_url)

@@ -20,6 +20,7 @@ from finetune_operator import api
 from finetune_operator.local import trainer_config
 from finetune_operator.settings import RDZV_PORT, Settings
 from finetune_operator.steps import export_args, publish_args
+from finetune_trainer import termination
 from finetune_trainer.config import S3Spec, TrainerConfig
 
 NAME_LABEL = "app.kubernetes.io/name"
@@ -221,6 +222,7 @@ def _container(job: api.FineTuneJob, settings: Settings, name: str, command: lis
         {"name": "HOME", "value": WORK_DIR},
         {"name": "HF_HOME", "value": f"{WORK_DIR}/.cache/huggingface"},
         {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
+        {"name": termination.PATH_ENV, "value": termination.PATH},
     ]
     container: dict[str, Any] = {
         "name": name,
@@ -228,6 +230,7 @@ def _container(job: api.FineTuneJob, settings: Settings, name: str, command: lis
         "command": command,
         "env": copy.deepcopy(base_env + env + list(tpl.env)),
         "securityContext": _container_security(),
+        "terminationMessagePath": termination.PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "workingDir": WORK_DIR,
         "volumeMounts": [{"name": "work", "mountPath": WORK_DIR}],
@@ -360,15 +363,15 @@ def worker_group(job: api.FineTuneJob, uid: str, attempt: int, settings: Setting
 # --- export and publication ---------------------------------------------------------------------------------
 
 
-def export_containers(job: api.FineTuneJob, settings: Settings) -> tuple[list[dict], dict]:
+def export_containers(job: api.FineTuneJob, uid: str, settings: Settings) -> tuple[list[dict], dict]:
     """The export init container (it reads the trained model from the job's output, local or s3://) and the
-    publish container."""
+    publish container (the job's uid is its idempotency key: one model version per job)."""
     py = [settings.trainer_python, "-m", "finetune_trainer"]
     storage_env = s3_env(job.spec.checkpoint.s3)
     export = [*py, *export_args(job, f"{model_output(job, settings)}/model", f"{WORK_DIR}/export")]
     exporter = _container(job, settings, "export", export, storage_env)
     exporter["resources"] = _resources(job.spec.resources)
-    publish = [*py, *publish_args(job, f"{WORK_DIR}/export", gpu=bool(job.spec.resources.gpus_per_node))]
+    publish = [*py, *publish_args(job, f"{WORK_DIR}/export", gpu=bool(job.spec.resources.gpus_per_node), key=uid)]
     publisher = _container(job, settings, "publish", publish, s3_env(job.spec.serving.s3) or storage_env)
     return [exporter], publisher
 
@@ -376,7 +379,7 @@ def export_containers(job: api.FineTuneJob, settings: Settings) -> tuple[list[di
 def export_pod(job: api.FineTuneJob, uid: str, n: int, settings: Settings) -> dict[str, Any]:
     """One pod that exports the trained model (init containers) and then publishes it (main container)."""
     name = job.metadata.name
-    steps, publisher = export_containers(job, settings)
+    steps, publisher = export_containers(job, uid, settings)
     spec = _pod_spec(job, settings, [publisher], [{"name": "work", "emptyDir": {}}])
     spec["initContainers"] = steps
     meta = _metadata(job, uid, export_name(name, n), labels(name, EXPORTER, export=n))

@@ -15,8 +15,9 @@ def export_args(job: api.FineTuneJob, model_dir: str, out_dir: str) -> list[str]
     return args
 
 
-def publish_args(job: api.FineTuneJob, export_dir: str, *, gpu: bool = False) -> list[str]:
-    """``python -m finetune_trainer`` arguments that publish ``export_dir`` as a new model version."""
+def publish_args(job: api.FineTuneJob, export_dir: str, *, gpu: bool = False, key: str | None = None) -> list[str]:
+    """``python -m finetune_trainer`` arguments that publish ``export_dir`` as a new model version; with ``key``
+    (the job's uid) a retried publication confirms the version it already wrote instead of adding one."""
     serving = job.spec.serving
     kind = "KIND_GPU" if gpu and serving.backend != "python" else "KIND_CPU"
     args = ["publish", "--export", export_dir, "--repository", serving.repository or ""]
@@ -27,4 +28,6 @@ def publish_args(job: api.FineTuneJob, export_dir: str, *, gpu: bool = False) ->
         args += ["--variant", "int8"]
     if serving.triton_url:
         args += ["--triton-url", serving.triton_url]
+    if key:
+        args += ["--idempotency-key", key]
     return args

@@ -5,7 +5,6 @@ it was."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from finetune_operator import predict as predict_cli
 from finetune_trainer.publish import PublishError, main, publish
+from tests.fixtures.triton import snapshot
 
 pytestmark = pytest.mark.slow  # a real Triton loading Python-backend models (about 40 s for the module)
 
@@ -29,15 +29,6 @@ TEXTS = [
     "quite a delightful story and a fantastic film",
 ]
 CLIENTS = {"http": httpclient, "grpc": grpcclient}
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every file under ``root`` with a hash of its content."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +202,19 @@ def test_failed_load_rolls_back(served, tiny_export):
     assert snapshot(repo) == before
     c = client(server, "http")
     assert c.is_model_ready(NAME, "1") and c.is_model_ready(NAME, "2") and c.is_model_ready(f"{NAME}_text")
+
+
+def test_a_retried_publication_under_the_same_key_confirms_its_version(served, tiny_export, expected):
+    """What a retried export pod does: the job's uid as idempotency key, so one job makes one version."""
+    server, repo, _ = served
+    url = f"http://{server.http_url}"
+    first = publish(tiny_export, repo.as_uri(), NAME, triton_url=url, backend="python", key="job-uid-1")
+    assert (first.version, first.reused, first.ready) == (3, False, True)
+    before = snapshot(repo)
+    again = publish(tiny_export, repo.as_uri(), NAME, triton_url=url, backend="python", key="job-uid-1")
+    assert (again.version, again.reused, again.ready, again.served_versions) == (3, True, True, [1, 2, 3])
+    assert snapshot(repo) == before, "a reused version writes nothing"
+    c = client(server, "http")
+    tokens = {k: expected[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    logits = infer(c, httpclient, NAME, "3", tokens, ["logits"])["logits"]
+    np.testing.assert_allclose(logits, expected["logits"], atol=1e-4)

@@ -159,6 +159,18 @@ def test_bad_input_fails_at_once_with_the_trainers_error_line(exit_code: int) ->
     assert not step(d.status, [pod], at=60).create
 
 
+@pytest.mark.parametrize(("code", "reason", "permanent"), [(2, "InvalidInput", True), (3, "WorkerFailed", False)])
+def test_the_trainers_termination_message_names_the_workers_exit_code(code: int, reason: str, permanent: bool) -> None:
+    """On a cluster the kubelet gives the termination message, not the log: torchrun exits 1 and only the
+    trainer's `exitcode:` line says whether retrying can help."""
+    message = f"error: dataset.train: no such file s3://data/train.csv\nexitcode: {code}"
+    pod = worker(0, phase="Failed", exit_code=1, message=message)
+    d = step(running(), [pod, worker(1)], at=10)
+    assert d.status["reason"] == reason
+    assert d.status["phase"] == ("Failed" if permanent else "Restarting")
+    assert "no such file s3://data/train.csv" in d.status["message"] and "exitcode" not in d.status["message"]
+
+
 def test_the_backoff_limit_ends_in_failed() -> None:
     status = running()
     status.update(restarts=2, attempt=3)
@@ -226,6 +238,15 @@ def test_training_done_exports_then_publishes_and_succeeds_when_triton_serves_th
     assert d4.status["model"] == {"repository": "/models", "name": "sent", "version": 3,
                                   "endpoint": "http://127.0.0.1:8000", "ready": True}  # fmt: skip
     assert d4.published_seconds == 20
+
+
+def test_the_version_to_confirm_is_the_one_the_publish_step_reported() -> None:
+    d = exporting()
+    said = 'published: {"name":"sent","version":4,"reused":true}'
+    assert L.published_version(d.status, [exporter(phase="Succeeded", exit_code=0, message=said)]) == 4
+    assert L.published_version(d.status, [exporter(phase="Succeeded", exit_code=0)]) is None  # older image
+    assert L.published_version(d.status, [exporter(2, phase="Succeeded", message=said)]) is None  # not the current try
+    assert L.published_version(d.status, [exporter(phase="Succeeded", message="published: {broken")]) is None
 
 
 def test_publication_that_never_becomes_ready_fails_after_the_timeout() -> None:

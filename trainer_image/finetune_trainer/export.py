@@ -26,7 +26,6 @@ import importlib.util
 import inspect
 import json
 import logging
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from finetune_trainer import termination
 from finetune_trainer.errors import InputError
 from finetune_trainer.sources import model_location
 from finetune_trainer.storage import StorageError
@@ -488,11 +488,9 @@ def main(argv: list[str]) -> int:
             args.model = Path(model_location(str(args.model), "--model", Path(scratch)))
             report = export(ExportOptions(**vars(args)))
     except (InputError, ParityError) as e:  # retrying cannot fix either
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return termination.fail(e, 2)
     except StorageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return termination.fail(e, 1)
     summary = {k: report[k] for k in ("parity", "optimization", "tensorrt")} | {"files": list(report["files"])}
     if "evaluation" in report:
         summary["evaluation"] = {k: v for k, v in report["evaluation"].items() if k != "examples"}

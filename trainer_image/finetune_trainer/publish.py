@@ -1,7 +1,8 @@
 """Publish an export as a new numeric version in a Triton model repository, then have Triton serve it.
 
     python -m finetune_trainer publish --export RUN/export --repository s3://bucket/models --name sentiment \\
-        [--version N] [--triton-url http://triton:8000] [--backend onnxruntime|python|tensorrt] [--variant int8]
+        [--version N] [--triton-url http://triton:8000] [--backend onnxruntime|python|tensorrt] [--variant int8] \\
+        [--idempotency-key JOB_UID]
 
 The repository is any ``finetune_trainer.storage`` URL (``file:///path`` or ``s3://bucket/prefix``); the
 layout is ``finetune_trainer.triton_repo``'s (classifier, tokenizer, postprocess and a text-in ensemble).
@@ -11,7 +12,9 @@ Protocol (one writer wins, readers never see a partial version, nothing is ever 
 1. Check everything that can fail before writing: the export folder, Triton's liveness (when a URL is given),
    the repository (reachable; for file://, an existing folder) and the served labels and inputs (a new
    version must fit the model's existing config).
-2. Pick N: ``--version`` or one above the highest version found (version folders and claims).
+2. With ``--idempotency-key``: if a served version was claimed under the same key (a retried export of the
+   same job whose first publication completed), publish nothing new; go to step 6 with that version.
+   Pick N: ``--version`` or one above the highest version found (version folders and claims).
 3. Claim N with a create-only write of ``NAME/.claims/N.json`` (``put_if_absent``: an O_EXCL link on a file
    system, ``If-None-Match: *`` on S3). A version that exists or is claimed is refused. Triton ignores
    folders whose names are not numbers, so claims are invisible to it.
@@ -25,6 +28,9 @@ Protocol (one writer wins, readers never see a partial version, nothing is ever 
 
 If step 4, 5 or 6 fails, the version's files and its claim are deleted and the previous model-level files
 restored (and reloaded into Triton), so the repository is as it was and the error says what failed.
+
+On success the command prints the result as JSON and writes ``published: {"name", "version", "reused"}`` to the
+container's termination message (``finetune_trainer.termination``), where the operator reads the version.
 """
 
 from __future__ import annotations
@@ -34,15 +40,14 @@ import json
 import logging
 import re
 import socket
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer import triton_repo
+from finetune_trainer import termination, triton_repo
 from finetune_trainer.errors import InputError
-from finetune_trainer.storage import LocalStorage, Storage, StorageError, open_storage
+from finetune_trainer.storage import LocalStorage, NotFoundError, Storage, StorageError, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,7 @@ class PublishResult:
     served_versions: list[int]
     endpoint: str | None = None
     ready: bool = False
+    reused: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,6 +142,22 @@ def served_versions(config_text: str) -> list[int]:
     """The versions a config.pbtxt's ``specific`` policy lists (empty for other policies)."""
     match = re.search(r"specific\s*:?\s*\{\s*versions\s*:\s*\[([^\]]*)\]", config_text)
     return [int(v) for v in re.findall(r"\d+", match.group(1))] if match else []
+
+
+def published_under(storage: Storage, name: str, key: str, claimed: set[int], served: list[int]) -> int | None:
+    """The newest served version whose claim records idempotency ``key``, or None.
+
+    A claimed version that no config lists was interrupted or rolled back: it does not count, the publication
+    is made again under a new number.
+    """
+    for version in sorted(claimed & set(served), reverse=True):
+        try:
+            record = json.loads(storage.get_bytes(f"{name}/{CLAIMS}/{version}.json"))
+        except (NotFoundError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("key") == key:
+            return version
+    return None
 
 
 def open_repository(url: str) -> Storage:
@@ -263,6 +285,7 @@ def publish(
     keep_versions: int | None = None,
     load_attempts: int = 3,
     retry_delay: float = 1.0,
+    key: str | None = None,
     **serving: Any,
 ) -> PublishResult:
     """Publish ``export_dir`` as version N of ``name`` (see the module docstring for the protocol).
@@ -277,6 +300,8 @@ def publish(
             ``tensorrt`` (the export's model.plan).
         variant: ``fp32`` or ``int8`` (the export's model.int8.onnx), for the ONNX backends.
         keep_versions: serve only the newest K versions (default: every published version).
+        key: an idempotency key (the operator passes the job's uid): a served version claimed under the same
+            key is confirmed and returned (``reused``) instead of publishing the same model again.
         serving: other ``ServingSpec`` fields (max_batch_size, instance_kind, instance_count, ...).
 
     Returns:
@@ -302,6 +327,15 @@ def publish(
     keys = storage.list(f"{name}")
     check_compatible(storage, draft)
 
+    config_key = f"{name}/config.pbtxt"
+    previous: list[int] = []
+    if storage.exists(config_key):  # only a config publishes; folders without one (a rolled-back or killed
+        # publication, Triton's __pycache__ left in them) are taken numbers, never served versions
+        previous = served_versions(storage.get_bytes(config_key).decode()) or sorted(versions_in(keys, name))
+    if key and (done := published_under(storage, name, key, claims_in(keys, name), previous)) is not None:
+        spec = serving_spec(report, name, tuple(previous), **serving)
+        return _confirm_existing(repository, triton_url, client, spec, done, load_attempts, retry_delay)
+
     taken = set().union(*(versions_in(keys, m) for m in names.all()[:3])) | claims_in(keys, name)
     new = version if version is not None else max(taken, default=0) + 1
     if new in taken:
@@ -309,18 +343,14 @@ def publish(
             f"version {new} of {name} already exists in {repository}; versions are never overwritten "
             f"(existing: {sorted(taken)}); omit --version to publish {max(taken) + 1}"
         )
-    config_key = f"{name}/config.pbtxt"
-    previous: list[int] = []
-    if storage.exists(config_key):  # only a config publishes; folders without one (a rolled-back or killed
-        # publication, Triton's __pycache__ left in them) are taken numbers, never served versions
-        previous = served_versions(storage.get_bytes(config_key).decode()) or sorted(versions_in(keys, name))
     served = sorted({*previous, new})
     if keep_versions:
         served = served[-keep_versions:]
     spec = serving_spec(report, name, tuple(served), **serving)
 
     claim = f"{name}/{CLAIMS}/{new}.json"
-    record = {"version": new, "created": time.time(), "host": socket.gethostname(), "export": report.get("files")}
+    record = {"version": new, "created": time.time(), "host": socket.gethostname(), "key": key,
+              "export": report.get("files")}  # fmt: skip
     try:
         claimed = storage.put_if_absent(claim, json.dumps(record).encode())
     except StorageError as e:
@@ -355,6 +385,30 @@ def publish(
         state = "the repository was restored" if restored else "restoring the repository failed: check it by hand"
         raise PublishError(f"publishing {name} version {new} to {repository} failed: {_reason(e)}; {state}") from None
     log.info("published %s version %d to %s (serving %s)", name, new, repository, served)
+    return result
+
+
+def _confirm_existing(
+    repository: str, triton_url: str | None, client: Any, spec: triton_repo.ServingSpec, version: int,
+    attempts: int, delay: float,
+) -> PublishResult:  # fmt: skip
+    """A version this key already published: have Triton serve it (no file is written), or PublishError."""
+    names = triton_repo.model_names(spec.name)
+    log.info("%s version %d was already published under this idempotency key; confirming it", spec.name, version)
+    result = PublishResult(repository, spec.name, version, asdict(names), list(spec.versions), triton_url,
+                           reused=True)  # fmt: skip
+    if client is None:
+        return result
+    try:
+        for model in names.all():
+            load(client, model, attempts, delay)
+        result.metadata = confirm(client, spec, version)
+    except Exception as e:
+        raise PublishError(
+            f"{spec.name} version {version} (published earlier under this key) is not served: {_reason(e)}; "
+            "nothing was written"
+        ) from None
+    result.ready = True
     return result
 
 
@@ -405,6 +459,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=triton_repo.BACKENDS, default="onnxruntime")
     p.add_argument("--variant", choices=sorted(VARIANTS), default="fp32")
     p.add_argument("--keep-versions", type=int, help="serve only the newest K versions")
+    p.add_argument("--idempotency-key", help="publish at most once under this key (the operator passes the job uid)")
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
     p.add_argument("--instance-kind", choices=triton_repo.INSTANCE_KINDS, default="KIND_CPU")
@@ -425,18 +480,18 @@ def main(argv: list[str]) -> int:
             args.backend,
             args.variant,
             args.keep_versions,
+            key=args.idempotency_key,
             max_batch_size=args.max_batch_size,
             max_queue_delay_us=args.max_queue_delay_us,
             instance_kind=args.instance_kind,
             instance_count=args.instance_count,
         )
     except InputError as e:  # retrying cannot fix it
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return termination.fail(e, 2)
     except PublishError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return termination.fail(e, 1)
     summary = result.to_dict()
     summary.pop("metadata")
     print(json.dumps(summary, indent=2))
+    termination.write(termination.published_line(result.name, result.version, result.reused))
     return 0

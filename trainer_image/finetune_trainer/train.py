@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 
+from finetune_trainer import termination
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import InputError
 from finetune_trainer.storage import StorageError
@@ -43,17 +44,12 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def report_error(error: Exception) -> None:
-    """One line on stderr from rank 0, also in the container's termination message for the operator to read
-    (torchrun itself exits 1 whatever its workers' codes, so the pod's exit code alone cannot say why)."""
+def report_error(error: Exception, exit_code: int) -> None:
+    """One line on stderr from rank 0, also in the container's termination message with the exit code for the
+    operator to read (torchrun itself exits 1 whatever its workers' codes, so the pod's exit code cannot say why)."""
     if os.environ.get("RANK", "0") != "0":
         return
-    line = f"error: {error}"
-    print(line, file=sys.stderr)
-    path = os.environ.get("FINETUNE_TERMINATION_LOG", "/dev/termination-log")
-    if os.path.exists(path) and os.access(path, os.W_OK):
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(line[:4000])  # the kubelet keeps at most 4096 bytes
+    termination.fail(error, exit_code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 
         fit(cfg)
     except InputError as e:
-        report_error(e)
+        report_error(e, EXIT_BAD_INPUT)
         return EXIT_BAD_INPUT
     except StorageError as e:
-        report_error(e)
+        report_error(e, EXIT_STORAGE)
         return EXIT_STORAGE
     except Preempted as e:
         logging.getLogger("finetune_trainer").warning("%s", e)
