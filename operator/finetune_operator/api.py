@@ -202,7 +202,7 @@ class FineTuneJobStatus(Section):
     model: ModelStatus | None = None
     message: str | None = None
     reason: str | None = None
-    retry_after: str | None = Field(None, description="Earliest time the next worker group may start.")
+    retry_after: str | None = Field(None, description="Earliest time the next worker group or export try may start.")
     export_attempt: int = 0
     export_start_time: str | None = None
 

@@ -433,6 +433,11 @@ class _Machine:
         n = int(self.s.get("exportAttempt") or 1)
         pod = next((p for p in self.pods(resources.EXPORTER) if p.export == n), None)
         if pod is None:
+            retry_after = parse_time(self.s.get("retryAfter"))
+            if retry_after is not None and self.now < retry_after:
+                self.wake_in((retry_after - self.now).total_seconds())
+                return
+            self.s.pop("retryAfter", None)
             self.d.create.append(resources.export_pod(self.job, self.meta.uid, n, self.settings))
             return
         if pod.phase == "Failed" or pod.deleting:
@@ -453,9 +458,13 @@ class _Machine:
         if failure.permanent or n > self.job.spec.backoff_limit:
             self.transition(FAILED, "PublishFailed", failure.message, warning=True)
             return
+        # Back off as worker groups do, so that a Triton or repository outage of a minute does not spend every try.
+        delay = self.settings.backoff(n - 1)
         self.s["exportAttempt"] = n + 1
-        self.d.create.append(resources.export_pod(self.job, self.meta.uid, n + 1, self.settings))
-        self.d.events.append(Event("Warning", "ExportRetry", f"{failure.message}; retrying as export {n + 1}"))
+        self.s["retryAfter"] = timestamp(self.now + timedelta(seconds=delay))
+        self.wake_in(delay)
+        self.d.events.append(Event("Warning", "ExportRetry", f"{failure.message}; retrying as export {n + 1} in "
+                                   f"{delay:g}s"))  # fmt: skip
 
     def confirm(self) -> None:
         assert self.job is not None

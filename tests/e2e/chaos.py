@@ -330,6 +330,16 @@ def version_digest(repository: Path, model: str, version: int) -> str | None:
     return sha.hexdigest()
 
 
+def claim_keys(repository: Path, model: str) -> dict[int, str | None]:
+    """Version -> the idempotency key its claim records (the publishing job's uid)."""
+    claims = repository / model / ".claims"
+    found = {}
+    for path in sorted(claims.glob("*.json")) if claims.is_dir() else []:
+        with contextlib.suppress(ValueError):
+            found[int(path.stem)] = json.loads(path.read_text()).get("key")
+    return found
+
+
 def served_versions(repository: Path, model: str) -> list[int]:
     config = repository / model / "config.pbtxt"
     if not config.is_file():

@@ -8,7 +8,9 @@ the count). It asserts invariants, never timings:
 - every resume starts from a checkpoint an earlier attempt committed, never from a planted half-written one,
   and every committed checkpoint matches its manifest;
 - every version a model config serves is complete, every version folder was claimed, a published version
-  is never rewritten, and each Succeeded job's version is ready in Triton after all restarts.
+  is never rewritten, and each Succeeded job's version is ready in Triton after all restarts;
+- one job, one version: a retried export confirms the version its job published (claimed under the job's
+  uid) instead of adding another, and status.model.version is that version.
 
     pytest tests/e2e/test_chaos.py -s     # prints the seed and the figures (jobs, faults by kind, outcomes)
 """
@@ -34,6 +36,7 @@ from tests.e2e.chaos import (
     RestartableTriton,
     TornCheckpoints,
     chaos_seed,
+    claim_keys,
     repository_problems,
     resume_problems,
     schedule,
@@ -196,7 +199,9 @@ def test_jobs_survive_random_faults(request, chaos_parts, jobs: Jobs, job_manife
             if status["phase"] != "Succeeded":
                 continue
             version = status["model"]["version"]
-            assert version in served_versions(repository, model), f"{n}: version {version} not served {where}"
+            assert served_versions(repository, model) == [version], f"{n}: one job, one version {where}"
+            uid = jobs.get(n)["metadata"]["uid"]
+            assert claim_keys(repository, model).get(version) == uid, f"{n}: version {version} not its own {where}"
             assert digests[n] is not None and version_digest(repository, model, version) == digests[n], (
                 f"{n}: version {version} of {model} was incomplete or rewritten after it was published {where}"
             )

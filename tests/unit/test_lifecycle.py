@@ -261,9 +261,14 @@ def test_publication_that_never_becomes_ready_fails_after_the_timeout() -> None:
 def test_a_failed_export_is_retried_and_bad_input_is_not() -> None:
     d = exporting()
     s = spec(serving=SERVING)
-    d2 = step(d.status, [*DONE, exporter(phase="Failed", exit_code=1)], at=20, s=s)
-    assert created(d2) == ["Pod/sentiment-export-2"] and d2.status["exportAttempt"] == 2 and d2.publish_failed
-    d3 = step(d2.status, [*DONE, exporter(2, phase="Failed", exit_code=2, message="error: no model.onnx")], s=s)
+    failed = exporter(phase="Failed", exit_code=1)
+    d2 = step(d.status, [*DONE, failed], at=20, s=s)
+    assert not d2.create and d2.status["exportAttempt"] == 2 and d2.publish_failed and d2.requeue == 10
+    assert d2.events[-1].message.endswith("retrying as export 2 in 10s")
+    assert not step(d2.status, [*DONE, failed], at=25, s=s).create, "backing off"
+    d2b = step(d2.status, [*DONE, failed], at=30, s=s)
+    assert created(d2b) == ["Pod/sentiment-export-2"] and "retryAfter" not in d2b.status
+    d3 = step(d2b.status, [*DONE, exporter(2, phase="Failed", exit_code=2, message="error: no model.onnx")], s=s)
     assert d3.status["phase"] == "Failed" and "error" not in d3.status["message"][:5]
     assert "no model.onnx" in d3.status["message"]
 
