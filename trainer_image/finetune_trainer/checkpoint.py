@@ -492,6 +492,16 @@ class CheckpointManager:
                 log.warning("%s; skipping it", e)
         return None
 
+    def at(self, step: int) -> CheckpointInfo | None:
+        """The committed checkpoint of ``step`` (e.g. the best one, which retention keeps), or None."""
+        if MANIFEST not in self._scan().get(step, set()):
+            return None
+        try:
+            return self._read_manifest(step)
+        except CorruptCheckpointError as e:
+            log.warning("%s; skipping it", e)
+            return None
+
     def load(self, info: CheckpointInfo, map_location: Any = "cpu") -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Load ``(state, this rank's rank_state)``.
 

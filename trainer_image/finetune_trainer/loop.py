@@ -223,6 +223,23 @@ class Trainer:
         self.progress.message("resumed from checkpoint at step %d (%s)", self.state.step, info.key)
         return True
 
+    def _weights_from_checkpoint(self, step: int) -> dict[str, torch.Tensor] | None:
+        """The model weights of the committed checkpoint at ``step``, or None (with a message) without one."""
+        from finetune_trainer.checkpoint import CorruptCheckpointError
+
+        ckpt = self.ckpt
+        info = ckpt.at(step) if ckpt is not None else None
+        if ckpt is not None and info is not None:
+            try:
+                state, _ = ckpt.load(info, map_location=self.info.device)
+                self.progress.message("best weights (step %d) loaded from %s", step, info.key)
+                return state["model"]
+            except CorruptCheckpointError as e:
+                log.warning("%s", e)
+        self.progress.message("best weights (step %d) predate a restart and no checkpoint of that step is kept; "
+                              "keeping the final ones", step)  # fmt: skip
+        return None
+
     def save_checkpoint(self, *, blocking: bool = False, metric: float | None = None) -> None:
         if self.ckpt is None:
             return
@@ -429,10 +446,11 @@ class Trainer:
         checksums = dist.gather(_checksum(self.model), self.info)
         reuse = self.last_eval if self.last_eval and self.last_eval[0] == st.best_step == st.step else None
         if st.best_step is not None and st.best_step != st.step:
-            if self.best_weights is not None:
-                self.model.load_state_dict(self.best_weights)
-            elif self.info.is_main:
-                self.progress.message("best weights (step %s) predate a restart; keeping the final ones", st.best_step)
+            best = self.best_weights
+            if best is None and self.info.is_main:  # found before a restart: the best checkpoint holds them
+                best = self._weights_from_checkpoint(st.best_step)
+            if best is not None:
+                self.model.load_state_dict(best)
             if self.info.enabled:  # every rank needs rank 0's chosen weights for the final evaluations
                 for t in self.model.state_dict().values():
                     torch.distributed.broadcast(t, src=0)
