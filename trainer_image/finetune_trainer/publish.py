@@ -26,8 +26,10 @@ Protocol (one writer wins, readers never see a partial version, nothing is ever 
 6. With ``--triton-url``: ask Triton (explicit model control) to load each model, with retries, then check
    that version N is ready and its metadata shows the expected inputs and outputs.
 
-If step 4, 5 or 6 fails, the version's files and its claim are deleted and the previous model-level files
-restored (and reloaded into Triton), so the repository is as it was and the error says what failed.
+If step 4 fails, the version's files and its claim are deleted, so the repository is as it was. If step 5 or 6
+fails, the previous model-level files are restored (and reloaded into Triton) but version N's files and claim
+stay, unlisted: a Triton that read a config naming N meanwhile may be loading them, and the number is spent,
+never served again. Either way the error says what failed.
 
 On success the command prints the result as JSON and writes ``published: {"name", "version", "reused"}`` to the
 container's termination message (``finetune_trainer.termination``), where the operator reads the version.
@@ -378,11 +380,17 @@ def publish(
                 load(client, model, load_attempts, retry_delay)
             result.metadata = confirm(client, spec, new)
             result.ready = True
-    except Exception as e:  # whatever failed, the repository goes back to how it was
-        restored = _rollback(storage, written, saved)
+    except Exception as e:  # whatever failed, no config lists the new version any more
+        listed = bool(saved)  # a config naming it was (or may have been) written: a Triton may be loading it
+        restored = _rollback(storage, [] if listed else written, saved)
         if client is not None:
             _reload(client, names, existed={k.split("/")[0] for k, v in saved.items() if v is not None})
-        state = "the repository was restored" if restored else "restoring the repository failed: check it by hand"
+        if not restored:
+            state = "restoring the repository failed: check it by hand"
+        elif listed:
+            state = f"the previous configs were restored; version {new} stays unlisted (its number is spent)"
+        else:
+            state = "the repository was restored"
         raise PublishError(f"publishing {name} version {new} to {repository} failed: {_reason(e)}; {state}") from None
     log.info("published %s version %d to %s (serving %s)", name, new, repository, served)
     return result
@@ -420,7 +428,7 @@ def _put(storage: Storage, key: str, value: Path | bytes) -> None:
 
 
 def _rollback(storage: Storage, written: list[str], saved: dict[str, bytes | None]) -> bool:
-    """Undo a failed publication: previous model-level files back, the new version's files and claim gone."""
+    """Undo a failed publication: previous model-level files back, then the ``written`` files deleted."""
     try:
         for key, data in reversed(saved.items()):
             if data is None:
