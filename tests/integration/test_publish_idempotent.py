@@ -68,3 +68,20 @@ def test_the_command_leaves_the_version_in_its_termination_message(
     assert main([*argv[:1], str(tmp_path / "no-export"), *argv[2:]]) == 2
     said = termination.parse(message.read_text())
     assert said.exit_code == 2 and "no export_report.json" in (said.error or "") and said.published is None
+
+
+def test_a_publication_killed_between_its_configs_is_completed_not_repeated(tiny_export: Path, repo: Path) -> None:
+    """The classifier's config names the new version first; a publisher killed right after it left the
+    tokenizer, postprocess and ensemble configs on the previous versions. The retry finishes them."""
+    publish(tiny_export, repo.as_uri(), NAME, key="uid-a")
+    others = [f"{NAME}_tokenizer/config.pbtxt", f"{NAME}_postprocess/config.pbtxt", f"{NAME}_text/config.pbtxt"]
+    earlier = {k: (repo / k).read_bytes() for k in others}
+    publish(tiny_export, repo.as_uri(), NAME, key="uid-b")
+    complete = snapshot(repo)
+    for key, data in earlier.items():  # as the killed publisher left them
+        (repo / key).write_bytes(data)
+    assert snapshot(repo) != complete
+
+    retried = publish(tiny_export, repo.as_uri(), NAME, key="uid-b")
+    assert (retried.version, retried.reused, retried.served_versions) == (2, True, [1, 2])
+    assert snapshot(repo) == complete

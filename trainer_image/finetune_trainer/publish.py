@@ -13,7 +13,9 @@ Protocol (one writer wins, readers never see a partial version, nothing is ever 
    the repository (reachable; for file://, an existing folder) and the served labels and inputs (a new
    version must fit the model's existing config).
 2. With ``--idempotency-key``: if a served version was claimed under the same key (a retried export of the
-   same job whose first publication completed), publish nothing new; go to step 6 with that version.
+   same job whose publication wrote at least the classifier's config), publish nothing new: write the
+   model-level files that a publisher killed between its configs left unwritten, then go to step 6 with
+   that version.
    Pick N: ``--version`` or one above the highest version found (version folders and claims).
 3. Claim N with a create-only write of ``NAME/.claims/N.json`` (``put_if_absent``: an O_EXCL link on a file
    system, ``If-None-Match: *`` on S3). A version that exists or is claimed is refused. Triton ignores
@@ -336,6 +338,7 @@ def publish(
         previous = served_versions(storage.get_bytes(config_key).decode()) or sorted(versions_in(keys, name))
     if key and (done := published_under(storage, name, key, claims_in(keys, name), previous)) is not None:
         spec = serving_spec(report, name, tuple(previous), **serving)
+        _complete(storage, spec, backend)
         return _confirm_existing(repository, triton_url, client, spec, done, load_attempts, retry_delay)
 
     taken = set().union(*(versions_in(keys, m) for m in names.all()[:3])) | claims_in(keys, name)
@@ -394,6 +397,23 @@ def publish(
         raise PublishError(f"publishing {name} version {new} to {repository} failed: {_reason(e)}; {state}") from None
     log.info("published %s version %d to %s (serving %s)", name, new, repository, served)
     return result
+
+
+def _complete(storage: Storage, spec: triton_repo.ServingSpec, backend: str) -> None:
+    """Finish what a publisher killed between its configs left: write the model-level files that differ.
+
+    The classifier's config is written first, so it can name a version whose other configs do not yet; the
+    version's own files are complete before any config is written.
+    """
+    try:
+        for key, data in triton_repo.ensemble_version_files(spec).items():
+            storage.put_if_absent(key, data)
+        for key, data in triton_repo.model_files(spec, backend).items():
+            if not storage.exists(key) or storage.get_bytes(key) != data:
+                log.info("completing %s (left unwritten by an interrupted publication)", key)
+                storage.put_bytes(key, data)
+    except StorageError as e:
+        raise PublishError(f"cannot complete the publication of {spec.name}: {e}") from None
 
 
 def _confirm_existing(
