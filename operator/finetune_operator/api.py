@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Self
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from finetune_operator import kube_rules
 from finetune_trainer.config import (
     CheckpointSpec,
     ConfigError,
@@ -38,7 +39,7 @@ SHORT_NAMES = ["ftj"]
 CATEGORIES = ["all", "ml"]
 DEFAULT_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
 
-QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+QUANTITY = {"pattern": kube_rules.QUANTITY_PATTERN}  # in the CRD; kube_rules.quantity words the error
 
 
 class Resources(Section):
@@ -52,13 +53,15 @@ class Resources(Section):
         description="Processes per pod (torchrun --nproc-per-node); default gpusPerNode or 1.",
     )
     gpus_per_node: int = Field(0, ge=0, le=64, description="nvidia.com/gpu requested by each worker pod.")
-    cpu: str | None = Field("2", pattern=QUANTITY_PATTERN, description="CPU request and limit per pod.")
+    cpu: str | None = Field("2", json_schema_extra=QUANTITY, description="CPU request and limit per pod.")
     memory: str | None = Field(
-        "8Gi", pattern=QUANTITY_PATTERN, description="Memory request and limit per pod."
+        "8Gi", json_schema_extra=QUANTITY, description="Memory request and limit per pod."
     )
     shm_size: str | None = Field(
-        "1Gi", pattern=QUANTITY_PATTERN, description="/dev/shm size (NCCL, loaders)."
+        "1Gi", json_schema_extra=QUANTITY, description="/dev/shm size (NCCL, loaders)."
     )
+
+    _quantities = field_validator("cpu", "memory", "shm_size")(kube_rules.quantity)
 
     @property
     def procs(self) -> int:
@@ -115,6 +118,20 @@ class PodTemplate(Section):
     env: list[dict[str, Any]] = Field(default_factory=list, description="Extra core/v1 EnvVar entries.")
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+
+    _labels = field_validator("labels", "node_selector")(kube_rules.labels)
+    _annotations = field_validator("annotations")(kube_rules.annotations)
+    _env = field_validator("env")(kube_rules.env)
+
+    @field_validator("service_account_name", "priority_class_name")
+    @classmethod
+    def _name(cls, name: str | None) -> str | None:
+        return None if name is None else kube_rules.dns_subdomain(name)
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _secret_names(cls, names: list[str]) -> list[str]:
+        return [kube_rules.dns_subdomain(n) for n in names]
 
 
 class FineTuneJobSpec(Section):

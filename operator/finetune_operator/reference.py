@@ -60,7 +60,10 @@ def _constraints(field: FieldInfo) -> str:
                 parts.append(f"{sym} {getattr(meta, key)}")
         if getattr(meta, "pattern", None):
             parts.append(f"pattern `{meta.pattern}`")
-    return ", ".join(parts)
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and extra.get("pattern"):
+        parts.append(f"pattern `{extra['pattern']}`")
+    return ", ".join(parts).replace("|", "\\|")  # a table cell: GitHub reads an escaped bar inside code
 
 
 def _submodels(annotation: Any) -> list[type[BaseModel]]:
