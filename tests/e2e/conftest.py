@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,14 +20,9 @@ import pytest
 
 from finetune_operator import api
 from tests.fixtures.kube import KubeApi, eventually, real_cluster
+from tests.fixtures.processes import free_port
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def install_crd(kube: KubeApi) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import socket
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -13,6 +12,7 @@ from finetune_operator.__main__ import add_arguments, kopf_argv
 from finetune_operator.controller import status_patch
 from finetune_operator.metrics import OperatorMetrics, phases_of
 from finetune_operator.settings import Settings, SettingsError
+from tests.fixtures.processes import free_port
 
 
 def test_settings_read_the_environment_with_defaults() -> None:
@@ -78,9 +78,6 @@ def test_kopf_command_line_follows_arguments_and_settings() -> None:
 
 
 def test_confirm_reports_an_unreachable_triton_as_not_ready() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    served = publish.confirm(f"http://127.0.0.1:{port}", "sentiment", timeout=2)
+    served = publish.confirm(f"http://127.0.0.1:{free_port()}", "sentiment", timeout=2)
     assert not served.ready and served.message
     assert not publish.confirm(None, "sentiment").ready

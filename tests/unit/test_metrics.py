@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 import time
 import urllib.request
 
@@ -12,6 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from finetune_trainer.metrics import TrainingMetrics
+from tests.fixtures.processes import free_port
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, frozenset], float]:
@@ -134,12 +134,6 @@ def test_bad_constructor_arguments() -> None:
         TrainingMetrics(job="j", rank=-1)
     with pytest.raises(ValueError, match="port"):
         TrainingMetrics(job="j", rank=0, port=70000)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_server_serves_metrics_over_http() -> None:
