@@ -178,9 +178,11 @@ def test_jobs_survive_random_faults(request, chaos_parts, jobs: Jobs, job_manife
     # Checkpoints: resumes only from committed checkpoints, never from a planted half-written one.
     resumes = 0
     for n in names:
-        problems, count = resume_problems(n, trainer_logs(jobs, n), torn.planted[n])
+        logs = trainer_logs(jobs, n)
+        problems, count = resume_problems(n, logs, torn.planted[n])
         resumes += count
-        assert not problems, f"{problems} {where}"
+        excerpts = {a: [line for line in text.splitlines() if "checkpoint" in line][-8:] for a, text in logs.items()}
+        assert not problems, f"{problems} {where}; checkpoint lines by attempt: {excerpts}"
         problems = torn.committed_objects_match(n)
         assert not problems, f"{problems} {where}"
 

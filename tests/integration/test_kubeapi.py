@@ -690,6 +690,47 @@ def test_kill_hook_simulates_a_crash(kube_api: KubeApi, node_agent: Any, core: c
     assert crashed.status.container_statuses[0].state.terminated.exit_code == 128 + signal.SIGKILL
 
 
+def test_kill_reaches_processes_in_sessions_of_their_own(kube_api: KubeApi, node_agent: Any,
+                                                          core: client.CoreV1Api, tmp_path: Path) -> None:  # fmt: skip
+    """As torchrun's workers are: a runtime killing the container kills them too, not only its process group."""
+    if not kube_api.stand_in:
+        pytest.skip("the stand-in's own process handling")
+    ns = kube_api.namespace
+    pidfile = tmp_path / "worker.pid"
+    script = f"setsid sh -c 'echo $$$$ > {pidfile}; exec sleep 300' & wait"  # $$ is the API's escape for $
+    core.create_namespaced_pod(ns, _pod("group-leader", script))
+    _phase(core, ns, "group-leader", "Running")
+    eventually(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=30, what="worker pid")
+    worker = int(pidfile.read_text())
+    assert os.getpgid(worker) != os.getpgid(os.getpid())
+    assert node_agent.kill_pod(ns, "group-leader", signal.SIGKILL) == 1
+    _phase(core, ns, "group-leader", "Failed")
+
+    def dead() -> bool:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{worker}/stat").read_text().split()[2] == "Z"  # reaped by init soon
+
+    eventually(dead, timeout=10, what="the worker in its own session killed")
+
+
+def test_termination_message_comes_from_the_termination_message_path(kube_api: KubeApi, node_agent: Any,
+                                                                     core: client.CoreV1Api) -> None:  # fmt: skip
+    ns = kube_api.namespace
+    env = [{"name": "MESSAGE_FILE", "value": "/dev/termination-log"}]
+    core.create_namespaced_pod(ns, _pod("reporter", 'echo "error: bad column" > "$MESSAGE_FILE"; exit 2',
+                                        container={"env": env}))  # fmt: skip
+    custom = {"terminationMessagePath": "/tmp/why", "args": []}
+    core.create_namespaced_pod(ns, _pod("custom", 'printf "published: v3" > /tmp/why', container=custom))
+    failed = _phase(core, ns, "reporter", "Succeeded", "Failed")
+    terminated = failed.status.container_statuses[0].state.terminated
+    assert (terminated.exit_code, terminated.message) == (2, "error: bad column\n")
+    done = _phase(core, ns, "custom", "Succeeded", "Failed")
+    assert done.status.container_statuses[0].state.terminated.message == "published: v3"
+
+
 # ----- the real kopf operator against this API -------------------------------------------------------------
 
 OPERATOR = """
