@@ -105,6 +105,17 @@ def test_postprocess_and_tokenizer_parameters():
     assert tok.input[0].data_type == mc.TYPE_STRING
 
 
+def test_only_the_classifier_waits_to_fill_a_batch():
+    """A queue delay on the cheap tokenizer and postprocess would add to every text-in request's latency."""
+    spec = tr.ServingSpec("m", ("a", "b"), max_queue_delay_us=750, max_batch_size=16)
+    classifier = parse(tr.classifier_config(spec)).dynamic_batching
+    assert classifier.max_queue_delay_microseconds == 750 and list(classifier.preferred_batch_size) == [4, 8, 16]
+    for config in (tr.tokenizer_config(spec), tr.postprocess_config(spec)):
+        batching = parse(config).dynamic_batching
+        assert parse(config).HasField("dynamic_batching")
+        assert batching.max_queue_delay_microseconds == 0 and not batching.preferred_batch_size
+
+
 def test_version_files(tmp_path: Path):
     for f in ("model.onnx", "model.int8.onnx", "tokenizer.json", "tokenizer_config.json"):
         (tmp_path / f).write_bytes(b"x")

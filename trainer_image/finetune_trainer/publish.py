@@ -489,7 +489,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-versions", type=int, help="serve only the newest K versions")
     p.add_argument("--idempotency-key", help="publish at most once under this key (the operator passes the job uid)")
     p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--max-queue-delay-us", type=int, default=500,
+                   help="how long the classifier may wait to fill a batch (tokenizer and postprocess never wait)")
     p.add_argument("--instance-kind", choices=triton_repo.INSTANCE_KINDS, default="KIND_CPU")
     p.add_argument("--instance-count", type=int, default=1)
     return p

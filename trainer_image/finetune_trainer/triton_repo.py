@@ -78,7 +78,7 @@ class ServingSpec:
     pad_to_multiple_of: int = 16
     max_batch_size: int = 32
     preferred_batch_sizes: tuple[int, ...] = (4, 8, 16, 32)
-    max_queue_delay_us: int = 2000
+    max_queue_delay_us: int = 500
     instance_kind: str = "KIND_CPU"
     instance_count: int = 1
     versions: tuple[int, ...] = ()
@@ -138,7 +138,11 @@ def version_policy(versions: Sequence[int]) -> str:
     return f"version_policy: {{ specific: {{ versions: [ {listed} ] }} }}"
 
 
-def _dynamic_batching(spec: ServingSpec) -> str:
+def _dynamic_batching(spec: ServingSpec, wait: bool = True) -> str:
+    """The classifier may wait ``max_queue_delay_us`` to fill a preferred batch; the cheap tokenizer and
+    postprocess batch only what is already queued: a wait there would delay every text-in request."""
+    if not wait:
+        return "dynamic_batching {\n  max_queue_delay_microseconds: 0\n}"
     sizes = ", ".join(str(s) for s in spec.preferred_batch_sizes if s <= spec.max_batch_size)
     preferred = f"\n  preferred_batch_size: [ {sizes} ]" if sizes else ""
     return f"dynamic_batching {{{preferred}\n  max_queue_delay_microseconds: {spec.max_queue_delay_us}\n}}"
@@ -206,7 +210,7 @@ def tokenizer_config(spec: ServingSpec) -> str:
                 version_policy(spec.versions),
                 _tensors("input", inputs),
                 _tensors("output", _token_tensors(spec)),
-                _dynamic_batching(spec),
+                _dynamic_batching(spec, wait=False),
                 _instances(spec, "KIND_CPU"),
                 _parameters(params),
             ]
@@ -232,7 +236,7 @@ def postprocess_config(spec: ServingSpec) -> str:
                         _tensor("PROBABILITIES", "TYPE_FP32", [spec.num_labels], '\n    label_filename: "labels.txt"'),
                     ],
                 ),
-                _dynamic_batching(spec),
+                _dynamic_batching(spec, wait=False),
                 _instances(spec, "KIND_CPU"),
                 _parameters(params),
             ]
