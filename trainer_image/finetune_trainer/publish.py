@@ -159,6 +159,8 @@ def published_under(storage: Storage, name: str, key: str, claimed: set[int], se
             record = json.loads(storage.get_bytes(f"{name}/{CLAIMS}/{version}.json"))
         except (NotFoundError, ValueError):
             continue
+        except StorageError as e:
+            raise PublishError(f"cannot read the claim of {name} version {version}: {e}; nothing was written") from None
         if isinstance(record, dict) and record.get("key") == key:
             return version
     return None
