@@ -8,8 +8,10 @@ number of steps, then score the same test rows. Each runs in its own process so 
 
 Variants:
   finetune        `finetune run` (one process; dynamic padding, bf16 autocast: its defaults)
+  finetune-grouped  the same with `groupByLength: true` (batches of similar length)
   hf-default      transformers Trainer with its default settings (fp32, dynamic padding collator)
   hf-bf16         transformers Trainer with bf16=True (same precision as ours)
+  hf-bf16-grouped transformers Trainer with bf16=True and train_sampling_strategy="group_by_length"
   pad-to-max      a plain PyTorch loop padding every example to max length, fp32 (the common tutorial recipe)
 """
 
@@ -52,7 +54,7 @@ def _test_rows(n: int) -> tuple[list[str], list[str]]:
     return [rows[i]["text"] for i in ix], [rows[i]["label"] for i in ix]
 
 
-def run_finetune(steps: int, work: Path) -> dict:
+def run_finetune(steps: int, work: Path, grouped: bool = False) -> dict:
     job = {
         "apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "bench"},
         "spec": {
@@ -63,7 +65,7 @@ def run_finetune(steps: int, work: Path) -> dict:
                 "maxSteps": steps, "learningRate": RECIPE["learning_rate"], "batchSize": RECIPE["batch_size"],
                 "maxSeqLength": RECIPE["max_seq_length"], "warmupRatio": RECIPE["warmup_ratio"],
                 "weightDecay": RECIPE["weight_decay"], "seed": RECIPE["seed"], "logEverySteps": 10,
-                "evalSteps": steps,
+                "evalSteps": steps, "groupByLength": grouped,
             },
             "checkpoint": {"everySteps": 100000},
         },
@@ -121,7 +123,7 @@ def _accuracy(model, tok, names) -> float:
     return correct / len(texts)
 
 
-def child_hf(steps: int, bf16: bool, work: Path) -> dict:
+def child_hf(steps: int, bf16: bool, work: Path, grouped: bool = False) -> dict:
     from transformers import Trainer, TrainingArguments, set_seed
 
     set_seed(RECIPE["seed"])
@@ -133,6 +135,7 @@ def child_hf(steps: int, bf16: bool, work: Path) -> dict:
         learning_rate=RECIPE["learning_rate"], warmup_steps=round(RECIPE["warmup_ratio"] * steps),
         weight_decay=RECIPE["weight_decay"], seed=RECIPE["seed"], bf16=bf16, use_cpu=True, report_to=[],
         save_strategy="no", logging_steps=10, disable_tqdm=True,
+        train_sampling_strategy="group_by_length" if grouped else "random",
     )
     trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tok)
     out = trainer.train()
@@ -185,7 +188,7 @@ def in_child(variant: str, steps: int, work: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=150)
-    ap.add_argument("--variants", default="finetune,hf-default,hf-bf16,pad-to-max")
+    ap.add_argument("--variants", default="finetune,finetune-grouped,hf-default,hf-bf16,hf-bf16-grouped,pad-to-max")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--child")
     ap.add_argument("--work")
@@ -194,6 +197,7 @@ def main() -> None:
         work = Path(args.work)
         result = {"hf-default": lambda: child_hf(args.steps, False, work),
                   "hf-bf16": lambda: child_hf(args.steps, True, work),
+                  "hf-bf16-grouped": lambda: child_hf(args.steps, True, work, grouped=True),
                   "pad-to-max": lambda: child_pad_to_max(args.steps, work)}[args.child]()
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         (work / f"{args.child}.json").write_text(json.dumps(result))
@@ -203,8 +207,8 @@ def main() -> None:
         for variant in args.variants.split(","):
             work = Path(tmp) / variant
             work.mkdir()
-            if variant == "finetune":
-                results[variant] = run_finetune(args.steps, work)
+            if variant in ("finetune", "finetune-grouped"):
+                results[variant] = run_finetune(args.steps, work, grouped=variant == "finetune-grouped")
             else:
                 results[variant] = in_child(variant, args.steps, work)
             print(variant, json.dumps(results[variant]), flush=True)
@@ -218,6 +222,10 @@ def main() -> None:
     if "finetune" in results:
         ours = results["finetune"]["samples_per_second"]
         report["speedup"] = {k: ours / v["samples_per_second"] for k, v in results.items() if k != "finetune"}
+    if "finetune-grouped" in results:
+        grouped = results["finetune-grouped"]["samples_per_second"]
+        report["speedup_grouped"] = {k: grouped / v["samples_per_second"] for k, v in results.items()
+                                     if k != "finetune-grouped"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"training-{time.strftime('%Y%m%d-%H%M%S')}.json"

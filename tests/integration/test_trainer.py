@@ -84,17 +84,27 @@ def test_two_process_ddp_learns_and_saves_a_model_that_reloads(tmp_path, tiny_be
     assert cm.tolist() == metrics["validation"]["confusion_matrix"]
 
 
-def test_same_seed_same_metrics(tmp_path, tiny_bert, sentiment_csv):
+@pytest.mark.parametrize("grouped", [False, True], ids=["random-batches", "grouped-by-length"])
+def test_same_seed_same_metrics(tmp_path, tiny_bert, sentiment_csv, grouped):
     train, val = sentiment_csv
     results = []
     for run in ("a", "b"):
         d = tmp_path / run
         d.mkdir()
-        config = write_config(d, tiny_bert, {"train": str(train), "validation": str(val)}, hp={"maxSteps": 12})
+        hp = {"maxSteps": 12, "groupByLength": grouped}
+        config = write_config(d, tiny_bert, {"train": str(train), "validation": str(val)}, hp=hp)
         results.append(train_in_process(config))
     a, b = results
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
     assert a["validation"] == b["validation"]
+
+
+def test_grouping_by_length_still_learns(tmp_path, tiny_bert, sentiment_csv):
+    """Batches of similar length (sorted within groups) must not bias what is learned."""
+    train, val = sentiment_csv
+    hp = {"epochs": 4, "groupByLength": True}
+    m = train_in_process(write_config(tmp_path, tiny_bert, {"train": str(train), "validation": str(val)}, hp=hp))
+    assert m["validation"]["accuracy"] >= 0.9, m["validation"]
 
 
 def test_regression_scores(tmp_path, tiny_bert):

@@ -94,6 +94,31 @@ def test_sampler_shards_reshuffles_and_resumes():
     assert list(a) == a.order()[3:] and len(a) == 2
 
 
+def test_grouping_by_length_pads_less_and_keeps_the_epoch_and_resume():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 129, size=1003)
+    batch = 16
+
+    def padding(order: list[int]) -> int:
+        chunks = [order[i : i + batch] for i in range(0, len(order), batch)]
+        return sum(int(lengths[c].max()) * len(c) - int(lengths[c].sum()) for c in chunks)
+
+    for rank in (0, 1):
+        plain = D.EpochSampler(1003, rank=rank, world_size=2, seed=3)
+        grouped = D.EpochSampler(1003, rank=rank, world_size=2, seed=3, lengths=lengths, batch_size=batch)
+        assert sorted(grouped.order()) == sorted(plain.order()), "the same examples for this rank"
+        assert padding(grouped.order()) < padding(plain.order()) / 4
+        groups = [grouped.order()[i : i + batch] for i in range(0, len(grouped.order()), batch)]
+        assert all(len(g) == batch for g in groups[:-1]), "only the last batch may be short"
+    sampler = D.EpochSampler(1003, rank=0, world_size=1, seed=3, lengths=lengths, batch_size=batch)
+    first = sampler.order()
+    assert sampler.order() == first, "a pure function of seed and epoch"
+    firsts = [int(lengths[first[i]]) for i in range(0, 800, batch)]
+    assert firsts != sorted(firsts, reverse=True), "batches are shuffled, not longest first"
+    sampler.set_epoch(1, start=32)
+    assert sampler.order() != first and list(sampler) == sampler.order()[32:]
+
+
 def test_balanced_sampling_evens_out_classes():
     labels = np.array([0] * 90 + [1] * 10)
     s = D.EpochSampler(100, rank=0, world_size=1, seed=0, weights=D.balanced_weights(labels))

@@ -184,6 +184,11 @@ class Hyperparameters(Section):
         ClassWeighting.NONE, description="none, balanced (inverse frequency), or one weight per label."
     )
     balanced_sampling: bool = Field(False, description="Sample classes uniformly (single-label only).")
+    group_by_length: bool = Field(
+        False,
+        description="Batch examples of similar length (within shuffled groups of 50 batches): less padding, "
+        "faster epochs; batches are still in random order.",
+    )
     log_every_steps: int = Field(10, ge=1)
 
     @model_validator(mode="after")

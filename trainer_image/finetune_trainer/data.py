@@ -281,13 +281,19 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     """This rank's share of a seeded per-epoch order, able to start mid-epoch (for exact resume).
 
     Like DistributedSampler (reshuffled each epoch, padded to a multiple of the world size), with optional
-    class-balanced sampling (multinomial with replacement over per-example weights).
+    class-balanced sampling (multinomial with replacement over per-example weights) and optional grouping by
+    length: with ``lengths`` and ``batch_size``, each run of ``GROUP_BATCHES`` batches of this rank's order is
+    sorted by length, cut into batches, and those batches shuffled, so a batch pads little (as the Trainer's
+    ``group_by_length``). The order stays a pure function of seed and epoch, so resuming mid-epoch still works.
     """
 
+    GROUP_BATCHES = 50
+
     def __init__(self, n: int, *, rank: int, world_size: int, seed: int, shuffle: bool = True,
-                 weights: np.ndarray | None = None):
+                 weights: np.ndarray | None = None, lengths: np.ndarray | None = None, batch_size: int = 1):
         self.n, self.rank, self.world_size, self.seed, self.shuffle = n, rank, world_size, seed, shuffle
         self.weights = torch.as_tensor(weights, dtype=torch.double) if weights is not None else None
+        self.lengths, self.batch_size = lengths, batch_size
         self.epoch = 0
         self.start = 0
         self.per_rank = math.ceil(n / world_size)
@@ -306,7 +312,23 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         else:
             idx = list(range(self.n))
         idx += idx[: total - len(idx)]
-        return idx[self.rank : total : self.world_size]
+        mine = idx[self.rank : total : self.world_size]
+        return self._grouped(mine, g) if self.lengths is not None else mine
+
+    def _grouped(self, order: list[int], g: torch.Generator) -> list[int]:
+        size = self.batch_size * self.GROUP_BATCHES
+        out: list[int] = []
+        for start in range(0, len(order), size):
+            group = sorted(order[start : start + size], key=lambda i: -int(self.lengths[i]))
+            chunks = [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+            # A short last chunk stays last, so that only the epoch's final batch may be short.
+            full = [c for c in chunks if len(c) == self.batch_size]
+            rest = [c for c in chunks if len(c) < self.batch_size]
+            for k in torch.randperm(len(full), generator=g).tolist():
+                out += full[k]
+            for c in rest:
+                out += c
+        return out
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order()[self.start :])

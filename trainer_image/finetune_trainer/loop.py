@@ -123,7 +123,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         weights = D.balanced_weights(prepared.train.labels) if hp.balanced_sampling else None
         self.sampler = D.EpochSampler(
-            len(prepared.train), rank=info.rank, world_size=info.world_size, seed=hp.seed, weights=weights
+            len(prepared.train), rank=info.rank, world_size=info.world_size, seed=hp.seed, weights=weights,
+            lengths=prepared.train.lengths if hp.group_by_length else None, batch_size=hp.batch_size,
         )
         self.collate = D.Collator(prepared.tokenizer.pad_token_id or 0, 8 if info.device.type == "cuda" else 1)
         self.micro_per_epoch = math.ceil(self.sampler.per_rank / hp.batch_size)
