@@ -10,7 +10,6 @@ against that record and trains one more step; every rank prints one OK line.
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from finetune_trainer.checkpoint import CheckpointManager
+from finetune_trainer.dist import exit_without_finalizing
 
 
 def build() -> tuple[DistributedDataParallel, torch.optim.Optimizer]:
@@ -100,7 +100,4 @@ def main(mode: str, url: str, out: str) -> None:
 
 if __name__ == "__main__":
     main(*sys.argv[1:4])
-    # Leave without interpreter finalization: a gloo worker thread may still be releasing the last collective's
-    # tensors, and taking the GIL during finalization aborts the process (pytorch/pytorch#179291).
-    sys.stdout.flush()
-    os._exit(0)
+    exit_without_finalizing(0)  # as the trainer's workers do (pytorch/pytorch#179291)

@@ -124,7 +124,7 @@ def test_multi_label(tmp_path, tiny_bert):
     train = write_csv(tmp_path / "topics.csv", multilabel_rows(300, seed=6))
     config = write_config(
         tmp_path, tiny_bert, {"train": str(train), "labelColumn": "labels", "validationSplit": 0.2},
-        task={"type": "multi_label_classification"}, hp={"epochs": 30, "learningRate": 1e-3},
+        task={"type": "multi_label_classification"}, hp={"epochs": 30},
     )
     m = train_in_process(config)
     assert m["labels"] == ["food", "money", "sport"]

@@ -10,6 +10,7 @@ Each subcommand lives in its own module and exposes ``main(argv) -> int``.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -29,4 +30,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun worker: see dist.exit_without_finalizing
+        from finetune_trainer.dist import exit_without_finalizing
+
+        exit_without_finalizing(code)
+    sys.exit(code)

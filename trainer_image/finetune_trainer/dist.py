@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as td
@@ -62,6 +65,23 @@ def _store_args(rank: int, world: int) -> dict[str, Any]:
 def close() -> None:
     if td.is_initialized():
         td.destroy_process_group()
+
+
+def exit_without_finalizing(code: int) -> NoReturn:
+    """End a worker of a distributed run: exit handlers, logging and stdio flushed, then ``os._exit``.
+
+    A gloo worker thread can still be releasing the tensors of the last collective when the interpreter
+    finalizes; taking the GIL then aborts the process (SIGABRT, "terminate called without an active exception"),
+    and torchrun reports a run that succeeded as failed. Skipping finalization avoids it; exit handlers run
+    first, while the interpreter is still whole.
+    """
+    try:
+        atexit._run_exitfuncs()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
 
 
 def any_flag(flag: bool, info: DistInfo) -> bool:
