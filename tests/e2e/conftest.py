@@ -194,6 +194,18 @@ class Jobs:
         selector = f"finetune.dev/job={name},app.kubernetes.io/component={component}"
         return self.core.list_namespaced_pod(self.kube.namespace, label_selector=selector).items
 
+    def log(self, pod: str, container: str = "trainer") -> str:
+        """A container's log; empty while the pod does not exist yet or the container has not started (the API
+        answers 404, or 400 "waiting to start")."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.core.read_namespaced_pod_log(pod, self.kube.namespace, container=container)
+        except ApiException as e:
+            if e.status in (400, 404):
+                return ""
+            raise
+
     def children(self, name: str) -> dict[str, list[str]]:
         selector = f"finetune.dev/job={name}"
         ns = self.kube.namespace

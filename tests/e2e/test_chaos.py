@@ -103,7 +103,7 @@ def trainer_logs(jobs: Jobs, name: str) -> dict[int, str]:
     logs = {}
     for pod in jobs.pods(name):
         attempt = int(pod.metadata.labels["finetune.dev/attempt"])
-        logs[attempt] = jobs.core.read_namespaced_pod_log(pod.metadata.name, jobs.kube.namespace, container="trainer")
+        logs[attempt] = jobs.log(pod.metadata.name)
     return logs
 
 

@@ -37,7 +37,7 @@ def active_trainers(jobs: Jobs, name: str) -> list[Any]:
 
 
 def trainer_log(jobs: Jobs, pod: str) -> str:
-    return jobs.core.read_namespaced_pod_log(pod, jobs.kube.namespace, container="trainer")
+    return jobs.log(pod)
 
 
 def test_job_from_apply_to_served_model(operator: Operator, jobs: Jobs, job_manifest, serving_target) -> None:
