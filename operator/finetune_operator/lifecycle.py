@@ -178,15 +178,14 @@ def classify(pod: PodView) -> Failure | None:
     said = termination.parse(pod.message)  # the trainer's own lines; a log tail holds them too
     root = _ROOT_CAUSE.search(pod.message or "")
     worker_code = said.exit_code if said.exit_code is not None else int(root.group(1)) if root else code
-    errors = [said.error] if said.error else []
     if code in PERMANENT_EXITS or worker_code in PERMANENT_EXITS:
-        text = errors[-1] if errors else f"exit code {worker_code} (bad input); see `finetune logs`"
+        text = said.error or f"exit code {worker_code} (bad input); see `finetune logs`"
         return Failure(True, "InvalidInput", f"pod {pod.name}: {text}")
     if pod.reason == "OOMKilled":
         return Failure(False, "OOMKilled", f"pod {pod.name} ran out of memory")
     if code in (137, 143) or worker_code in (137, 143, -9, -15):
         return Failure(False, "Killed", f"pod {pod.name} was stopped by a signal (exit code {code})")
-    tail = f": {errors[-1]}" if errors else ""
+    tail = f": {said.error}" if said.error else ""
     return Failure(False, "WorkerFailed", f"pod {pod.name} failed with exit code {code}{tail}")
 
 
@@ -365,11 +364,8 @@ class _Machine:
             if stale:
                 self.wake_in(1.0)
                 return
-            if self.now < retry_after:
-                self.wake_in((retry_after - self.now).total_seconds())
-                return
-            self.s.pop("retryAfter", None)
-            self.create_group()
+            if not self.backing_off():
+                self.create_group()
             return
         failures = [(p, f) for p in workers if (f := classify(p))]
         if self.phase == RUNNING:
@@ -415,6 +411,16 @@ class _Machine:
                   f"{self.s['attempt']} in {delay:g}s from the latest checkpoint"  # fmt: skip
         self.transition(RESTARTING, first.reason, message, warning=True)
 
+    def backing_off(self) -> bool:
+        """Whether ``status.retryAfter`` (a worker group's or an export's backoff) is still ahead; once it has
+        passed it is cleared, and the caller starts the next try."""
+        retry_after = parse_time(self.s.get("retryAfter"))
+        if retry_after is not None and self.now < retry_after:
+            self.wake_in((retry_after - self.now).total_seconds())
+            return True
+        self.s.pop("retryAfter", None)
+        return False
+
     def training_done(self) -> None:
         assert self.job is not None
         progress = self.s.get("progress") or {}
@@ -433,12 +439,8 @@ class _Machine:
         n = int(self.s.get("exportAttempt") or 1)
         pod = next((p for p in self.pods(resources.EXPORTER) if p.export == n), None)
         if pod is None:
-            retry_after = parse_time(self.s.get("retryAfter"))
-            if retry_after is not None and self.now < retry_after:
-                self.wake_in((retry_after - self.now).total_seconds())
-                return
-            self.s.pop("retryAfter", None)
-            self.d.create.append(resources.export_pod(self.job, self.meta.uid, n, self.settings))
+            if not self.backing_off():
+                self.d.create.append(resources.export_pod(self.job, self.meta.uid, n, self.settings))
             return
         if pod.phase == "Failed" or pod.deleting:
             self.export_failed(pod, n)

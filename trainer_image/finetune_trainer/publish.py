@@ -271,6 +271,13 @@ def confirm(client: Any, spec: triton_repo.ServingSpec, version: int) -> dict[st
     return metadata
 
 
+def serve(client: Any, spec: triton_repo.ServingSpec, version: int, attempts: int, delay: float) -> dict[str, Any]:
+    """Load every model of ``spec`` in Triton, then confirm ``version``; Triton's metadata per model."""
+    for model in triton_repo.model_names(spec.name).all():
+        load(client, model, attempts, delay)
+    return confirm(client, spec, version)
+
+
 def _grpc_dict(message: Any) -> dict[str, Any]:
     from google.protobuf.json_format import MessageToDict
 
@@ -381,9 +388,7 @@ def publish(
             storage.put_bytes(key, data)
         result = PublishResult(repository, name, new, asdict(names), served, triton_url)
         if client is not None:
-            for model in names.all():
-                load(client, model, load_attempts, retry_delay)
-            result.metadata = confirm(client, spec, new)
+            result.metadata = serve(client, spec, new, load_attempts, retry_delay)
             result.ready = True
     except Exception as e:  # whatever failed, no config lists the new version any more
         listed = bool(saved)  # a config naming it was (or may have been) written: a Triton may be loading it
@@ -430,9 +435,7 @@ def _confirm_existing(
     if client is None:
         return result
     try:
-        for model in names.all():
-            load(client, model, attempts, delay)
-        result.metadata = confirm(client, spec, version)
+        result.metadata = serve(client, spec, version, attempts, delay)
     except Exception as e:
         raise PublishError(
             f"{spec.name} version {version} (published earlier under this key) is not served: {_reason(e)}; "
