@@ -7,7 +7,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # shellcheck disable=SC1091
 . .venv/bin/activate
-# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+# torch first, pinned: PyPI's standard build (CUDA libraries included, about 4.7 GB; runs on the CPU here).
+# The project asks only for torch>=2.4, so `.[dev]` keeps it.
 python -m pip install --quiet --disable-pip-version-check torch==2.13.0
 python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 bash scripts/install-test-deps.sh >/dev/null
