@@ -22,6 +22,7 @@ from finetune_trainer.config import (
     DatasetSpec,
     Hyperparameters,
     ModelSpec,
+    ProfilingSpec,
     S3Spec,
     Section,
     TaskSpec,
@@ -145,6 +146,9 @@ class FineTuneJobSpec(Section):
     checkpoint: CheckpointSpec = CheckpointSpec()
     serving: Serving = Serving(enabled=False)
     template: PodTemplate = PodTemplate()
+    profiling: ProfilingSpec | None = Field(
+        None, description="Profile optimizer steps startStep..endStep of one rank (torch.profiler, NVTX)."
+    )
     output: str | None = Field(
         None, description="Where the final Hugging Face model is stored (s3:// or path)."
     )
@@ -169,6 +173,11 @@ class FineTuneJobSpec(Section):
         if self.hyperparameters.precision == "fp16" and self.resources.gpus_per_node == 0:
             raise ValueError(
                 "hyperparameters.precision fp16 needs GPUs (resources.gpusPerNode >= 1); use bf16"
+            )
+        if self.profiling and self.profiling.rank >= self.resources.world_size:
+            raise ValueError(
+                f"profiling.rank {self.profiling.rank} is not a rank of this job "
+                f"(world size {self.resources.world_size})"
             )
         if self.serving.enabled and not self.serving.repository:
             raise ValueError("serving.repository is required when serving.enabled is true")

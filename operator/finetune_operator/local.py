@@ -72,6 +72,7 @@ def trainer_config(job: FineTuneJob, output_dir: str, *, checkpoint_storage: str
         output_uri=spec.output,
         metrics_port=metrics_port,
         progress_file=progress_file,
+        profiling=spec.profiling,
     )
 
 

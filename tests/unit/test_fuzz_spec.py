@@ -186,7 +186,7 @@ def _values(schema: dict, path: str) -> st.SearchStrategy:
         return st.dictionaries(DNS, values(schema.get("additionalProperties") or {"type": "string"}, f"{path}{{}}"),
                                max_size=2)  # fmt: skip
     if kind == "array":
-        return st.lists(values(schema["items"], f"{path}[]"), max_size=3)
+        return st.lists(values(schema["items"], f"{path}[]"), min_size=schema.get("minItems", 0), max_size=3)
     if kind == "boolean":
         return st.booleans()
     if kind == "integer":
@@ -333,10 +333,24 @@ def _set(spec: dict, path: str, value: Any) -> None:
 BREAKS = [(path, what, value) for path, schema in LEAVES for what, value in breakers(schema)]
 
 
+def _fill_parents(draw: st.DrawFn, spec: dict, path: str) -> None:
+    """Give each object on the way to ``path`` that the spec lacks a generated valid value, so that an optional
+    section with required fields (dataset.augmentation.backTranslation) breaks only at ``path``."""
+    node, walked = spec, "spec"
+    for name, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path.removeprefix("spec"))[:-1]:
+        if index or not isinstance(node, dict):
+            return
+        walked = f"{walked}.{name}"
+        if not isinstance(node.get(name), dict):
+            node[name] = draw(_values(schema_at(walked), walked))
+        node = node[name]
+
+
 @st.composite
 def broken_specs(draw: st.DrawFn) -> tuple[dict, str, str]:
     spec = copy.deepcopy(draw(SPECS))
     path, what, value = draw(st.sampled_from(BREAKS))
+    _fill_parents(draw, spec, path)
     _set(spec, path, copy.deepcopy(value))
     return spec, path, what
 

@@ -81,6 +81,49 @@ class ModelSpec(Section):
     trust_remote_code: bool = Field(False, description="Allow custom model code from the hub.")
 
 
+class AugmentOperation(StrEnum):
+    SYNONYM = "synonym"
+    INSERT = "insert"
+    SWAP = "swap"
+    DELETE = "delete"
+
+
+class BackTranslation(Section):
+    """Paraphrases by translating each training text to a pivot language and back (one extra copy each)."""
+
+    forward_model: NonEmpty = Field(
+        description="Translation model into the pivot language (same forms as model.name), "
+        "e.g. Helsinki-NLP/opus-mt-en-de."
+    )
+    backward_model: NonEmpty = Field(description="Translation model back from the pivot language.")
+    max_length: int = Field(128, ge=8, le=1024, description="Most tokens generated per translation.")
+    batch_size: int = Field(16, ge=1, le=1024, description="Texts translated at once.")
+    num_beams: int = Field(1, ge=1, le=16, description="Beam width (1 = greedy decoding).")
+
+
+class AugmentationSpec(Section):
+    """EDA-style augmentation of the training split (Wei and Zou, 2019), drawn anew each epoch."""
+
+    copies: int = Field(4, ge=0, le=64, description="Augmented copies of each training example per epoch.")
+    rate: float = Field(
+        0.1, gt=0, le=0.5, description="Share of an example's words that one operation changes (EDA's alpha)."
+    )
+    operations: list[AugmentOperation] = Field(
+        default_factory=lambda: list(AugmentOperation), min_length=1,
+        description="Operations a copy is made with, one chosen per copy: synonym (replace words with WordNet "
+        "synonyms), insert (insert a synonym of a word), swap (swap two words), delete (drop words).",
+    )
+    back_translation: BackTranslation | None = Field(
+        None, description="Also add one back-translated copy of each example (needs translation models)."
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if self.copies == 0 and self.back_translation is None:
+            raise ValueError("dataset.augmentation: copies is 0 and no backTranslation is set: nothing to add")
+        return self
+
+
 class DatasetSpec(Section):
     """Where the labelled text comes from and which columns mean what."""
 
@@ -102,6 +145,9 @@ class DatasetSpec(Section):
     max_train_samples: int | None = Field(None, ge=1, description="Use at most this many training rows.")
     max_eval_samples: int | None = Field(
         None, ge=1, description="Evaluate on at most this many rows (validation and test)."
+    )
+    augmentation: AugmentationSpec | None = Field(
+        None, description="Add augmented copies of the training examples (the training split only)."
     )
 
     @model_validator(mode="after")
@@ -226,6 +272,24 @@ class CheckpointSpec(Section):
     s3: S3Spec | None = None
 
 
+class ProfilingSpec(Section):
+    """torch.profiler over optimizer steps startStep..endStep of one rank; off (and free) when absent."""
+
+    start_step: int = Field(5, ge=1, description="First optimizer step profiled (1 is the first step).")
+    end_step: int = Field(7, ge=1, description="Last optimizer step profiled (inclusive).")
+    rank: int = Field(0, ge=0, description="Global rank whose steps are profiled.")
+    memory: bool = Field(True, description="Record tensor allocations (memory columns of the table).")
+    record_shapes: bool = Field(False, description="Record operator input shapes (bigger trace).")
+    with_stack: bool = Field(False, description="Record Python stacks of operators (much bigger trace).")
+    row_limit: int = Field(50, ge=1, le=10000, description="Rows of the key-averages table.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.end_step < self.start_step:
+            raise ValueError(f"profiling.endStep ({self.end_step}) must be at least startStep ({self.start_step})")
+        return self
+
+
 class TrainerConfig(Section):
     """Everything a trainer process needs: the job's sections plus where this run writes."""
 
@@ -240,6 +304,7 @@ class TrainerConfig(Section):
     output_uri: str | None = Field(None, description="Where the final model is uploaded (s3:// or path).")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus port of rank 0.")
     progress_file: str | None = Field(None, description="JSON file rank 0 rewrites with progress.")
+    profiling: ProfilingSpec | None = Field(None, description="Profile a few training steps of one rank.")
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=2)

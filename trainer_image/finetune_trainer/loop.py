@@ -4,11 +4,13 @@ checkpoint/resume and the final save. ``fit(config)`` is everything a worker pro
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from finetune_trainer import data as D
-from finetune_trainer import dist, evaluate
+from finetune_trainer import dist, evaluate, profiling
 from finetune_trainer.config import Precision, TaskType, TrainerConfig
 from finetune_trainer.errors import InputError
 from finetune_trainer.model import load_model, load_tokenizer, param_groups, prepare
@@ -52,6 +54,7 @@ class Prepared:
     test: D.Encoded | None
     label_names: list[str]
     tokenizer: Any
+    train_for_epoch: Callable[[int], D.Encoded] | None = None  # with dataset.augmentation: each epoch's rows
 
 
 def seed_everything(seed: int) -> None:
@@ -83,7 +86,13 @@ def prepare_data(cfg: TrainerConfig, cache_dir: Path) -> Prepared:
     def encode(split: D.TextSplit) -> D.Encoded:
         return D.tokenize(split, tokenizer, hp, D.encode_labels(split, names, task))
 
-    return Prepared(encode(train), encode(val), encode(test) if test else None, names, tokenizer)
+    if ds.augmentation is None:
+        return Prepared(encode(train), encode(val), encode(test) if test else None, names, tokenizer)
+    from finetune_trainer import augment
+
+    epoch_split = augment.epochs(train, ds.augmentation, hp.seed, cache_dir)
+    for_epoch = functools.lru_cache(maxsize=1)(lambda epoch: encode(epoch_split(epoch)))
+    return Prepared(for_epoch(0), encode(val), encode(test) if test else None, names, tokenizer, for_epoch)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -148,6 +157,8 @@ class Trainer:
             self.total_steps, enabled=info.is_main, progress_file=cfg.progress_file, start_step=self.state.step,
             sink=sink,
         )
+        self.profiler = profiling.create(cfg.profiling, info.rank, info.world_size, self.out / "profile",
+                                         self.ckpt.storage if self.ckpt is not None else None)
 
     # --- construction ------------------------------------------------------------------------------------
 
@@ -289,12 +300,15 @@ class Trainer:
         window_start = time.perf_counter()
         last_save = time.monotonic()
         stopped_early = False
+        prof = self.profiler
+        prof.after_step(st.step)
         try:
             while st.step < self.total_steps and not stopped_early:
+                self._epoch_data(st.epoch)
                 self.sampler.set_epoch(st.epoch, start=st.batches_in_epoch * hp.batch_size)
                 self.model.train()
                 micro = st.batches_in_epoch
-                for batch in D.batches(self.p.train, self.sampler, hp.batch_size, self.collate):
+                for batch in prof.data(D.batches(self.p.train, self.sampler, hp.batch_size, self.collate)):
                     micro += 1
                     boundary = micro % accum == 0 or micro == self.micro_per_epoch
                     batch = {k: v.to(info.device, non_blocking=True) for k, v in batch.items()}
@@ -302,14 +316,18 @@ class Trainer:
                     window_tokens += int(batch["attention_mask"].sum())
                     sync = contextlib.nullcontext() if boundary or self.ddp is None else self.ddp.no_sync()
                     with sync:
-                        loss, _ = self._forward(batch, module)
-                        self.scaler.scale(loss / accum).backward()
+                        with prof.phase("forward"):
+                            loss, _ = self._forward(batch, module)
+                        with prof.phase("backward"):
+                            self.scaler.scale(loss / accum).backward()
                     window_loss += float(loss.detach())
                     window_n += 1
                     if not boundary:
                         continue
-                    grad_norm = self._optimizer_step()
+                    with prof.phase("optimizer"):
+                        grad_norm = self._optimizer_step()
                     st.step += 1
+                    prof.after_step(st.step)
                     st.batches_in_epoch = micro
                     if st.step % hp.log_every_steps == 0 or st.step == self.total_steps:
                         elapsed = time.perf_counter() - window_start
@@ -343,6 +361,13 @@ class Trainer:
         finally:
             signal.signal(signal.SIGTERM, previous)
             self.progress.close()
+
+    def _epoch_data(self, epoch: int) -> None:
+        """With augmentation each epoch has its own copies, a pure function of seed and epoch (so resume holds)."""
+        if self.p.train_for_epoch is not None:
+            self.p.train = self.p.train_for_epoch(epoch)
+            if self.sampler.lengths is not None:
+                self.sampler.lengths = self.p.train.lengths
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
@@ -498,6 +523,7 @@ class Trainer:
             store.put_file(self.out / "metrics.json", "metrics.json")
 
     def close(self) -> None:
+        self.profiler.close()
         if self.ckpt is not None:
             self.ckpt.close()
         self.metrics.close()
