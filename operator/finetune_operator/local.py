@@ -79,6 +79,7 @@ def trainer_config(job: FineTuneJob, output_dir: str, *, checkpoint_storage: str
 def preflight(cfg: TrainerConfig) -> None:
     """Check sources, columns and labels in this process; raises InputError naming what is wrong."""
     from finetune_trainer import data as D
+    from finetune_trainer.model_check import check_recipe
     from finetune_trainer.sources import model_location
 
     cache = Path(cfg.output_dir) / ".cache"
@@ -90,6 +91,7 @@ def preflight(cfg: TrainerConfig) -> None:
     for field, source in (("dataset.validation", ds.validation), ("dataset.test", ds.test)):
         if source:
             D.encode_labels(D.load_split(source, ds, field, cache), names, cfg.task)
+    check_recipe(cfg, len(names), cache)
 
 
 def torchrun_command(config: Path, nproc: int, max_restarts: int = 0) -> list[str]:

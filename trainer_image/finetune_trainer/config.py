@@ -187,6 +187,19 @@ class EarlyStopping(Section):
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
 
 
+class LoraSpec(Section):
+    """LoRA adapters (peft) on the encoder's attention; the classification head is trained in full."""
+
+    rank: int = Field(16, ge=1, le=1024, description="Rank of each adapter's update matrices (LoRA r).")
+    alpha: float = Field(32.0, gt=0, description="Scaling of the update (LoRA alpha); the update is alpha/rank.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: list[NonEmpty] | None = Field(
+        None, min_length=1,
+        description="Names of the linear layers that get adapters (query, value, ...); default: peft's "
+        "choice for the model type (query and value for BERT-family models).",
+    )
+
+
 class Hyperparameters(Section):
     """Optimisation recipe. Defaults follow the usual BERT fine-tuning recipe (AdamW 2e-5, 10% warmup)."""
 
@@ -218,6 +231,20 @@ class Hyperparameters(Section):
     )
     gradient_checkpointing: bool = False
     freeze_encoder: bool = Field(False, description="Train only the classification head.")
+    lora: LoraSpec | None = Field(
+        None, description="Train LoRA adapters instead of the whole encoder; `lora: {}` takes the defaults."
+    )
+    layer_decay: float | None = Field(
+        None, gt=0, le=1,
+        description="Layer-wise learning-rate decay: the top encoder layer trains at learningRate, each layer "
+        "below at the rate of the one above times this factor, the embeddings below the bottom layer.",
+    )
+    train_top_layers: int | None = Field(
+        None, ge=1, description="Train only the top N encoder layers (and the head); freeze the rest."
+    )
+    head_dropout: float | None = Field(
+        None, ge=0, lt=1, description="Dropout before the classification head (default: the model's own)."
+    )
     seed: int = Field(42, ge=0)
     eval_steps: int | None = Field(
         None, ge=1, description="Evaluate every N optimizer steps (default: each epoch)."
@@ -241,6 +268,10 @@ class Hyperparameters(Section):
     def _consistent(self) -> Self:
         if self.epochs is None and self.max_steps is None:
             raise ValueError("one of epochs or maxSteps is required")
+        frozen = [f for f, on in (("freezeEncoder", self.freeze_encoder), ("trainTopLayers", self.train_top_layers),
+                                  ("lora", self.lora)) if on]
+        if len(frozen) > 1:
+            raise ValueError(f"{', '.join(frozen)}: set only one, each chooses what is trained")
         if self.truncation == Truncation.HEAD_TAIL and self.head_tokens >= self.max_seq_length - 2:
             raise ValueError(
                 f"headTokens must be less than maxSeqLength - 2 ({self.max_seq_length - 2}) for head_tail truncation"

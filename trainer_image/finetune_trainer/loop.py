@@ -23,7 +23,15 @@ from finetune_trainer import data as D
 from finetune_trainer import dist, evaluate, profiling
 from finetune_trainer.config import Precision, TaskType, TrainerConfig
 from finetune_trainer.errors import InputError
-from finetune_trainer.model import load_model, load_tokenizer, param_groups, prepare
+from finetune_trainer.model import (
+    checkpoint_state,
+    load_checkpoint_state,
+    load_model,
+    load_tokenizer,
+    param_groups,
+    parameter_counts,
+    prepare,
+)
 from finetune_trainer.progress import Progress
 from finetune_trainer.report import plot_curves, write_metrics
 
@@ -120,8 +128,8 @@ class Trainer:
         self.metric = hp.metric_for_best_model or evaluate.default_metric(self.task)
         self.out = Path(cfg.output_dir)
         seed_everything(hp.seed)
-        model = load_model(cfg.model, self.task, prepared.label_names, self.out / ".cache")
-        prepare(model, hp)
+        model = load_model(cfg.model, self.task, prepared.label_names, self.out / ".cache", hp.head_dropout)
+        model = prepare(model, hp)
         self.model = model.to(info.device)
         self.ddp = DDP(self.model) if info.enabled else None
         self.optimizer = torch.optim.AdamW(
@@ -220,7 +228,7 @@ class Trainer:
         if info is None:
             return False
         state, rank_state = self.ckpt.load(info, map_location=self.info.device)
-        self.model.load_state_dict(state["model"])
+        load_checkpoint_state(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -256,7 +264,7 @@ class Trainer:
         if self.ckpt is None:
             return
         state = {
-            "model": self.model.state_dict(),
+            "model": checkpoint_state(self.model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -454,7 +462,8 @@ class Trainer:
         if evaluate.improved(value, st.best_metric, self.metric, es.min_delta if es else 0.0):
             st.best_metric, st.best_step, st.bad_evals = value, st.step, 0
             if self.info.is_main:
-                self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+                trained = checkpoint_state(self.model)
+                self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in trained.items()}
         else:
             st.bad_evals += 1
         shown = {k: round(v, 4) for k, v in flat.items() if k in ("loss", "accuracy", "f1_macro", "mse", "pearson")}
@@ -476,7 +485,7 @@ class Trainer:
             if best is None and self.info.is_main:  # found before a restart: the best checkpoint holds them
                 best = self._weights_from_checkpoint(st.best_step)
             if best is not None:
-                self.model.load_state_dict(best)
+                load_checkpoint_state(self.model, best)
             if self.info.enabled:  # every rank needs rank 0's chosen weights for the final evaluations
                 for t in self.model.state_dict().values():
                     torch.distributed.broadcast(t, src=0)
@@ -495,6 +504,7 @@ class Trainer:
             "replica_checksums": checksums,
             "precision": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else "fp32",
             "train_samples": len(self.p.train),
+            "parameters": parameter_counts(self.model),
             "validation": validation,
             "test": test,
             "history": st.history,
@@ -509,8 +519,10 @@ class Trainer:
         return summary
 
     def _save(self, summary: dict[str, Any]) -> None:
+        from finetune_trainer.lora import merged
+
         model_dir = self.out / "model"
-        self.model.save_pretrained(model_dir)
+        merged(self.model).save_pretrained(model_dir)
         self.p.tokenizer.save_pretrained(model_dir)
         write_metrics(self.out / "metrics.json", summary)
         plot_curves(self.out / "training_curve.png", summary["history"], summary["evals"], self.metric)
