@@ -92,6 +92,10 @@ def preflight(cfg: TrainerConfig) -> None:
         if source:
             D.encode_labels(D.load_split(source, ds, field, cache), names, cfg.task)
     check_recipe(cfg, len(names), cache)
+    if ds.augmentation is not None:
+        from finetune_trainer import augment
+
+        augment.check(ds.augmentation, cache)
 
 
 def torchrun_command(config: Path, nproc: int, max_restarts: int = 0) -> list[str]:

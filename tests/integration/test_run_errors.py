@@ -104,6 +104,15 @@ def test_missing_model_folder(tmp_path, good_csv):
     assert "model.name: model folder not found" in err
 
 
+def test_missing_translation_model_is_named_before_training(tmp_path, tiny_bert, good_csv):
+    augmentation = {"copies": 1, "backTranslation": {"forwardModel": str(tmp_path / "no-such-translator"),
+                                                      "backwardModel": str(tiny_bert)}}
+    code, err = run_cli(job_file(tmp_path, tiny_bert, {"train": str(good_csv), "augmentation": augmentation}),
+                        tmp_path)
+    assert code == 2
+    assert "dataset.augmentation.backTranslation.forwardModel: model folder not found" in err
+
+
 def test_exit_code_and_no_traceback_from_the_real_command(tmp_path, tiny_bert):
     job = job_file(tmp_path, tiny_bert, {"train": str(tmp_path / "missing.csv")})
     proc = subprocess.run(

