@@ -261,7 +261,7 @@ def main() -> int:
         return 0
     from kubernetes import client, config
 
-    from finetune_operator import api
+    from finetune_operator import crd
 
     with tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp:
         work = Path(tmp)
@@ -272,7 +272,7 @@ def main() -> int:
             assert server.stdout is not None and server.stdout.readline().strip() == b"ready"
             api_client = config.new_client_from_config(config_file=str(kubeconfig))
             api_client.configuration.connection_pool_maxsize = 16
-            client.ApiextensionsV1Api(api_client).create_custom_resource_definition(api.crd())
+            client.ApiextensionsV1Api(api_client).create_custom_resource_definition(crd.crd())
             results = []
             for n in args.sizes:
                 result = round_(api_client, kubeconfig, n, args.rate, work)

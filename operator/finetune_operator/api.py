@@ -1,13 +1,12 @@
-"""The FineTuneJob API (finetune.dev/v1alpha1): spec and status models.
+"""The FineTuneJob API (finetune.dev/v1alpha1): the spec models.
 
-This module is the one source of truth for the CRD schema (``crd()``, written to manifests/crd.yaml), the
-defaults and the validation messages. The trainer-facing sections (model, dataset, task, hyperparameters,
-checkpoint) are the trainer's own config models; this module adds what only a cluster needs.
+This module is the one source of truth for the spec's CRD schema (crd.py writes manifests/crd.yaml from it and
+from status.py), the defaults and the validation messages. The trainer-facing sections (model, dataset, task,
+hyperparameters, checkpoint) are the trainer's own config models; this module adds what only a cluster needs.
 """
 
 from __future__ import annotations
 
-import copy
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
@@ -184,55 +183,6 @@ class FineTuneJobSpec(Section):
         return self
 
 
-class Condition(Section):
-    type: str
-    status: str = Field(pattern="^(True|False|Unknown)$")
-    reason: str = ""
-    message: str = ""
-    last_transition_time: str | None = None
-    observed_generation: int | None = None
-
-
-class Progress(Section):
-    step: int = 0
-    total_steps: int | None = None
-    epoch: float = 0.0
-    percent: float = 0.0
-    eta_seconds: float | None = None
-    samples_per_second: float | None = None
-
-
-class ModelStatus(Section):
-    repository: str
-    name: str
-    version: int
-    endpoint: str | None = None
-    ready: bool = False
-
-
-class FineTuneJobStatus(Section):
-    """Observed state, written by the operator only."""
-
-    model_config = Section.model_config | {"extra": "ignore"}
-
-    phase: str = "Pending"
-    conditions: list[Condition] = Field(default_factory=list)
-    observed_generation: int | None = None
-    progress: Progress | None = None
-    metrics: dict[str, float] = Field(default_factory=dict)
-    restarts: int = 0
-    attempt: int = 0
-    start_time: str | None = None
-    completion_time: str | None = None
-    checkpoint: str | None = None
-    model: ModelStatus | None = None
-    message: str | None = None
-    reason: str | None = None
-    retry_after: str | None = Field(None, description="Earliest time the next worker group or export try may start.")
-    export_attempt: int = 0
-    export_start_time: str | None = None
-
-
 class Metadata(Section):
     model_config = Section.model_config | {"extra": "allow"}
 
@@ -249,7 +199,6 @@ class FineTuneJob(Section):
     kind: str = Field(KIND, pattern=f"^{KIND}$")
     metadata: Metadata
     spec: FineTuneJobSpec
-    status: FineTuneJobStatus | None = None
 
 
 def parse_job(obj: Any) -> FineTuneJob:
@@ -282,141 +231,11 @@ def load_job_file(path: str | Path) -> FineTuneJob:
         raise ConfigError([f"{path}: {line}" for line in e.errors]) from None
 
 
-# --- CRD generation --------------------------------------------------------------------------------------
-
-_DROP = {"title", "additionalProperties", "discriminator", "$defs"}
-
-
-def _structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    """Convert a pydantic JSON Schema into a Kubernetes structural OpenAPI v3 schema."""
-    if "$ref" in schema:
-        target = defs[schema["$ref"].split("/")[-1]]
-        merged = {**copy.deepcopy(target), **{k: v for k, v in schema.items() if k != "$ref"}}
-        return _structural(merged, defs)
-    out: dict[str, Any] = {}
-    any_of = schema.get("anyOf")
-    if any_of is not None:
-        members = [m for m in any_of if m.get("type") != "null"]
-        nullable = len(members) < len(any_of)
-        if len(members) == 1:
-            out = _structural({**members[0], **{k: v for k, v in schema.items() if k != "anyOf"}}, defs)
-        else:
-            # A union of shapes (e.g. "balanced" or [1.0, 2.0]): leave it to the validating webhook.
-            out = {"x-kubernetes-preserve-unknown-fields": True}
-            if "description" in schema:
-                out["description"] = schema["description"]
-        if nullable:
-            out["nullable"] = True
-            if out.get("default", 0) is None:
-                out.pop("default")
-        return out
-    for key, value in schema.items():
-        if key in _DROP:
-            continue
-        if key == "properties":
-            out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
-        elif key == "items":
-            out[key] = _structural(value, defs)
-        elif key == "exclusiveMinimum":
-            out["minimum"], out["exclusiveMinimum"] = value, True
-        elif key == "exclusiveMaximum":
-            out["maximum"], out["exclusiveMaximum"] = value, True
-        elif key == "const":
-            out["enum"] = [value]
-        else:
-            out[key] = value
-    if schema.get("type") == "object" and "properties" not in schema:
-        if isinstance(schema.get("additionalProperties"), dict) and schema["additionalProperties"]:
-            out["additionalProperties"] = _structural(schema["additionalProperties"], defs)
-        else:
-            out["x-kubernetes-preserve-unknown-fields"] = True
-    if "type" not in out and "enum" in out:
-        out["type"] = "string"
-    if "type" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
-        out["x-kubernetes-preserve-unknown-fields"] = True
-    if out.get("default", 0) is None:
-        out.pop("default")
-    return out
-
-
-def openapi_schema(model: type[Section]) -> dict[str, Any]:
-    raw = model.model_json_schema(by_alias=True, mode="validation")
-    return _structural(raw, raw.get("$defs", {}))
-
-
-def crd() -> dict[str, Any]:
-    """The CustomResourceDefinition of FineTuneJob, generated from the models above."""
-    spec = openapi_schema(FineTuneJobSpec)
-    status = openapi_schema(FineTuneJobStatus)
-    status["x-kubernetes-preserve-unknown-fields"] = True
-    columns = [
-        ("Phase", "string", ".status.phase", "Where the job is in its lifecycle"),
-        ("Progress", "number", ".status.progress.percent", "Percent of training steps done"),
-        ("Accuracy", "number", ".status.metrics.accuracy", "Latest evaluation accuracy"),
-        ("Restarts", "integer", ".status.restarts", "Worker-group restarts"),
-        ("Model", "string", ".status.model.name", "Published model"),
-        ("Age", "date", ".metadata.creationTimestamp", ""),
-    ]
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/name": "finetune-operator"}},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": SHORT_NAMES,
-                "categories": CATEGORIES,
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": n, "type": t, "jsonPath": p, **({"description": d} if d else {})}
-                        for n, t, p, d in columns
-                    ],
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": "A fine-tuning job: data to a trained, exported and served model.",
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec,
-                                "status": status,
-                            },
-                        }
-                    },
-                }
-            ],
-        },
-    }
-
-
-def crd_yaml() -> str:
-    return (
-        "# Generated from operator/finetune_operator/api.py by `finetune crd`. Do not edit.\n"
-        + yaml.safe_dump(crd(), sort_keys=False, width=120)
-    )
-
-
 __all__ = [
     "API_VERSION",
     "ConfigError",
     "FineTuneJob",
     "FineTuneJobSpec",
-    "FineTuneJobStatus",
-    "crd",
-    "crd_yaml",
     "load_job_file",
     "parse_job",
     "parse_spec",

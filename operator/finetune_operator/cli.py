@@ -16,7 +16,8 @@ import importlib
 import sys
 from pathlib import Path
 
-from finetune_operator.api import crd_yaml, load_job_file
+from finetune_operator.api import load_job_file
+from finetune_operator.crd import crd_yaml
 from finetune_trainer.errors import InputError
 
 
@@ -36,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"finetune: training failed (exit {code}); logs above, config in {run.config}", file=sys.stderr)
         return code
     if job.spec.serving.enabled:
-        code = local.serve(job, run)
+        code = local.export_and_publish(job, run)
         if code != 0:
             print(f"finetune: export or publication failed (exit {code}); the trained model is in {run.model}",
                   file=sys.stderr)

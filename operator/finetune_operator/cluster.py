@@ -36,15 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str) -> None:
 
 
 def _clients(args: argparse.Namespace) -> tuple[Any, Any, str]:
-    from kubernetes import client, config
+    from kubernetes import client
 
-    try:
-        api_client = config.new_client_from_config(config_file=args.kubeconfig)
-        _, active = config.list_kube_config_contexts(config_file=args.kubeconfig)
-        default_ns = (active or {}).get("context", {}).get("namespace") or "default"
-    except config.ConfigException:
-        config.load_incluster_config()
-        api_client, default_ns = client.ApiClient(), "default"
+    from finetune_operator.kube import new_client
+
+    api_client, default_ns = new_client(args.kubeconfig)
     return client.CustomObjectsApi(api_client), client.CoreV1Api(api_client), args.namespace or default_ns
 
 

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -23,14 +22,14 @@ from typing import Any
 
 import kopf
 
-from finetune_operator import api, lifecycle, publish, resources
+from finetune_operator import api, confirm, lifecycle, resources
 from finetune_operator.kube import Kube, KubeError
 from finetune_operator.metrics import METRICS, OperatorMetrics
 from finetune_operator.settings import Settings
+from finetune_trainer import contract
 from finetune_trainer.config import ConfigError
 
 log = logging.getLogger("finetune_operator")
-PROGRESS_KEY = "progress.json"
 RECREATE_AFTER = 30.0  # seconds before a created-but-unseen child is created again
 
 
@@ -123,13 +122,13 @@ class Controller:
         progress = None
         if job is not None and phase in lifecycle.TRAINING:
             finishing = any(p.component == resources.TRAINER and p.phase == "Succeeded" for p in pods)
-            progress = await self.read_progress(job, memory, force=finishing)
+            progress = await self.read_progress(job, meta.uid, memory, force=finishing)
         served = None
         if job is not None and lifecycle.wants_confirmation(memory.status, pods):
             serving = job.spec.serving
             name = serving.model_name or job.metadata.name
             version = lifecycle.published_version(memory.status, pods)
-            served = await asyncio.to_thread(publish.confirm, serving.triton_url, name, version)
+            served = await asyncio.to_thread(confirm.confirm, serving.triton_url, name, version)
         now = datetime.now(UTC)
         observed = lifecycle.Observed(pods=pods, progress=progress, served=served)
         decision = lifecycle.reconcile(job_meta, spec, memory.status, observed, now, self.settings)
@@ -175,7 +174,8 @@ class Controller:
 
     # --- progress -----------------------------------------------------------------------------------------
 
-    async def read_progress(self, job: api.FineTuneJob, memory: JobMemory, *, force: bool) -> dict | None:
+    async def read_progress(self, job: api.FineTuneJob, uid: str, memory: JobMemory, *,
+                            force: bool) -> dict | None:  # fmt: skip
         """progress.json beside the job's checkpoints, read at most once per poll interval."""
         if not force and time.monotonic() - memory.progress_read < self.settings.poll_seconds:
             return memory.progress
@@ -183,11 +183,13 @@ class Controller:
         if root is None:
             return None
         memory.progress_read = time.monotonic()
-        key = f"{job.metadata.namespace or 'default'}/{job.metadata.name}/{PROGRESS_KEY}"
+        layout_uid = None if lifecycle.legacy_layout(memory.status) else uid
+        key = contract.progress_key(job.metadata.namespace, job.metadata.name, layout_uid)
         memory.progress = await asyncio.to_thread(self._read_progress, root, key, job) or memory.progress
         return memory.progress
 
     def _read_progress(self, root: str, key: str, job: api.FineTuneJob) -> dict | None:
+        """The progress record at ``key``, finite numbers only (finetune_trainer.contract)."""
         from finetune_trainer.storage import NotFoundError, StorageError
 
         try:
@@ -195,13 +197,10 @@ class Controller:
         except NotFoundError:
             return None
         except StorageError as e:
-            log.warning("%s/%s: cannot read %s: %s", job.metadata.namespace, job.metadata.name, PROGRESS_KEY, e)
+            log.warning("%s/%s: cannot read %s: %s", job.metadata.namespace, job.metadata.name, key, e)
             return None
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return None
-        return data if isinstance(data, dict) else None
+        record = contract.ProgressRecord.from_json(raw)
+        return record.to_dict() if record else None
 
     def _storage(self, root: str, job: api.FineTuneJob) -> Any:
         """One storage client per checkpoint root and endpoint, shared by every job under it (an S3 client

@@ -1,137 +1,147 @@
-"""A small asyncio client for the few API calls the operator makes (create, delete, list, patch status).
+"""The operator's one Kubernetes client, the official one (``kubernetes``), for every API call outside kopf's own
+watches: the controller's creates, deletes, lists, status patches and log reads, and `finetune submit|get|
+logs|delete`.
 
-Credentials come from the kubernetes client's own loaders (in-cluster service account, else KUBECONFIG), so
-every auth method it knows works; the requests go through one aiohttp session. Each call stays within the
-rules in rbac.py: create/delete/list pods, services and configmaps; patch finetunejobs/status.
+Credentials come from the client's loaders: a kubeconfig when one is named (``--kubeconfig`` or $KUBECONFIG),
+else the pod's service account, else ~/.kube/config. In a pod the loader sends the projected token as
+``Authorization: bearer <token>`` and reads the file again before its cached copy is a minute old, so a
+rotated token is picked up; a 401 all the same (a token revoked early) loads the credentials again, once.
+Each controller call stays within the rules in rbac.py: create/delete/list pods, services and configmaps;
+patch finetunejobs/status; read pods/log.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
-from dataclasses import dataclass
-from typing import Any
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
-import aiohttp
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from finetune_operator import api
 
-CORE = {"Pod": "pods", "Service": "services", "ConfigMap": "configmaps"}
-MERGE_PATCH = "application/merge-patch+json"
+T = TypeVar("T")
+IN_CLUSTER_ENV = "KUBERNETES_SERVICE_HOST"
+TIMEOUT = 30  # seconds per request: a hung API server must not hold a job's loop forever
+RAW = {"_preload_content": False, "_request_timeout": TIMEOUT}  # writes: the answer's body is not needed
 
 
 class KubeError(Exception):
     """An API call failed with a status the caller did not expect."""
 
     def __init__(self, status: int, message: str):
-        super().__init__(f"HTTP {status}: {message}")
+        super().__init__(f"HTTP {status}: {message}" if status else message)
         self.status = status
 
 
-@dataclass
-class Connection:
-    host: str
-    headers: dict[str, str]
-    ssl: ssl.SSLContext | bool
+def new_client(kubeconfig: str | None = None, *, pool_size: int | None = None) -> tuple[client.ApiClient, str]:
+    """An API client and the default namespace (the kubeconfig context's, else ``default``).
 
-
-def load_connection() -> Connection:
-    """Where the API server is and how to authenticate: in-cluster first, then the kubeconfig."""
-    from kubernetes import client, config
-
+    Raises:
+        kubernetes.config.ConfigException: no kubeconfig and not in a pod.
+    """
     cfg = client.Configuration()
-    try:
+    namespace = "default"
+    if kubeconfig or os.environ.get("KUBECONFIG") or not os.environ.get(IN_CLUSTER_ENV):
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        _, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        namespace = (active or {}).get("context", {}).get("namespace") or namespace
+    else:
         config.load_incluster_config(client_configuration=cfg)
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=cfg)
-    headers = {}
-    token = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
-    if token:
-        headers["Authorization"] = token if token.startswith("Bearer ") else f"Bearer {token}"
-    context: ssl.SSLContext | bool = False
-    if cfg.host.startswith("https"):
-        if cfg.verify_ssl:
-            context = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
-        else:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if cfg.cert_file:
-            context.load_cert_chain(cfg.cert_file, cfg.key_file)
-    return Connection(cfg.host.rstrip("/"), headers, context)
+    if pool_size:
+        cfg.connection_pool_maxsize = pool_size
+    return client.ApiClient(cfg), namespace
+
+
+def _drained(response: urllib3.BaseHTTPResponse) -> bool:
+    """Give a write's connection back to the pool without parsing its answer into the client's models."""
+    response.drain_conn()
+    response.release_conn()
+    return True
 
 
 class Kube:
-    """The operator's API calls. Create ignores 409 (already exists); delete ignores 404 (already gone)."""
+    """The controller's API calls, run in a thread pool of their own so that they never block kopf's loop.
+    Create ignores 409 (already exists); delete ignores 404 (already gone)."""
 
-    def __init__(self, connection: Connection | None = None, *, limit: int = 32):
-        self._reloadable = connection is None
-        self.conn = connection or load_connection()
-        self.limit = limit
-        self._session: aiohttp.ClientSession | None = None
-        self._lock = asyncio.Lock()
+    def __init__(self, factory: Callable[[], client.ApiClient] | None = None, *, limit: int = 32):
+        self._factory = factory or (lambda: new_client(pool_size=limit)[0])
+        self._client: client.ApiClient | None = None
+        self._pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="kube")
 
-    async def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            async with self._lock:
-                if self._session is None or self._session.closed:
-                    self._session = aiohttp.ClientSession(
-                        headers=self.conn.headers,
-                        connector=aiohttp.TCPConnector(limit=self.limit, ssl=self.conn.ssl),
-                        timeout=aiohttp.ClientTimeout(total=30),
-                    )
-        return self._session
+    def _api(self) -> client.ApiClient:
+        if self._client is None:
+            self._client = self._factory()
+        return self._client
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._client is not None:
+            self._client.close()
 
-    async def request(self, method: str, path: str, *, body: Any = None, params: dict | None = None,
-                      content_type: str = "application/json", ok: tuple[int, ...] = ()) -> Any:  # fmt: skip
-        headers = {"Content-Type": content_type} if body is not None else {}
+    async def call(self, method: Callable[[client.ApiClient], T], *, ok: tuple[int, ...] = ()) -> T | None:
+        """Run ``method(api_client)`` in the pool; None when the API answers a status in ``ok``."""
+        loop = asyncio.get_running_loop()
         for attempt in range(2):
-            session = await self.session()
-            async with session.request(method, self.conn.host + path, json=body, params=params, headers=headers) as r:
-                retry = r.status == 401 and attempt == 0 and self._reloadable
-                if not retry:
-                    if r.status < 300:
-                        return await r.json(content_type=None)
-                    if r.status in ok:
-                        return None
-                    raise KubeError(r.status, (await r.text())[:500])
-            # A rotated service-account token: read the credentials again, once.
-            self.conn = load_connection()
-            await session.close()
-        raise KubeError(401, "unauthorized after reloading credentials")
-
-    @staticmethod
-    def path(namespace: str, plural: str, name: str | None = None) -> str:
-        base = f"/api/v1/namespaces/{namespace}/{plural}"
-        return f"{base}/{name}" if name else base
+            api_client = self._api()
+            try:
+                return await loop.run_in_executor(self._pool, method, api_client)
+            except ApiException as e:
+                if e.status == 401 and attempt == 0:
+                    self._client = None  # credentials revoked or rotated early: load them again, once
+                    api_client.close()
+                    continue
+                if e.status in ok:
+                    return None
+                raise KubeError(e.status or 0, str(e.body or e.reason)[:500]) from None
+            except urllib3.exceptions.HTTPError as e:
+                raise KubeError(0, f"cannot reach the API server: {e}") from None
+        raise AssertionError("unreachable")
 
     async def create(self, obj: dict[str, Any]) -> bool:
         """Create a Pod, Service or ConfigMap; False when it exists already."""
-        ns = obj["metadata"]["namespace"]
-        created = await self.request("POST", self.path(ns, CORE[obj["kind"]]), body=obj, ok=(409,))
-        return created is not None
+        ns, kind = obj["metadata"]["namespace"], obj["kind"]
+        create = {"Pod": "create_namespaced_pod", "Service": "create_namespaced_service",
+                  "ConfigMap": "create_namespaced_config_map"}[kind]  # fmt: skip
+        done = await self.call(lambda c: _drained(getattr(client.CoreV1Api(c), create)(ns, obj, **RAW)),
+                               ok=(409,))  # fmt: skip
+        return done is not None
 
     async def delete(self, namespace: str, plural: str, name: str) -> bool:
-        """Delete one object (foreground for nothing: pods get their grace period); False when already gone."""
-        done = await self.request("DELETE", self.path(namespace, plural, name), ok=(404,))
+        """Delete one object (pods get their grace period); False when already gone."""
+        delete = {"pods": "delete_namespaced_pod", "services": "delete_namespaced_service",
+                  "configmaps": "delete_namespaced_config_map"}[plural]  # fmt: skip
+        done = await self.call(lambda c: _drained(getattr(client.CoreV1Api(c), delete)(name, namespace, **RAW)),
+                               ok=(404,))  # fmt: skip
         return done is not None
 
     async def list_names(self, namespace: str, plural: str, selector: str) -> list[str]:
-        listing = await self.request("GET", self.path(namespace, plural), params={"labelSelector": selector})
-        return [item["metadata"]["name"] for item in listing.get("items", [])]
+        listing = {"pods": "list_namespaced_pod", "services": "list_namespaced_service",
+                   "configmaps": "list_namespaced_config_map"}[plural]  # fmt: skip
+        items = await self.call(lambda c: getattr(client.CoreV1Api(c), listing)(
+            namespace, label_selector=selector, _request_timeout=TIMEOUT))  # fmt: skip
+        return [item.metadata.name for item in items.items] if items else []
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch the status subresource of a FineTuneJob (None values remove fields)."""
-        path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{namespace}/{api.PLURAL}/{name}/status"
-        await self.request("PATCH", path, body={"status": status}, content_type=MERGE_PATCH, ok=(404,))
+
+        def patch(c: client.ApiClient) -> bool:
+            return _drained(client.CustomObjectsApi(c).patch_namespaced_custom_object_status(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": status}, **RAW,
+                _content_type="application/merge-patch+json",
+            ))  # fmt: skip
+
+        await self.call(patch, ok=(404,))
 
     async def pod_log(self, namespace: str, name: str, container: str, tail_lines: int = 80) -> str:
         """The last lines of a container's log ("" when unavailable)."""
-        session = await self.session()
-        params = {"container": container, "tailLines": str(tail_lines)}
-        async with session.get(self.conn.host + self.path(namespace, "pods", name) + "/log", params=params) as r:
-            return await r.text() if r.status < 300 else ""
+        try:
+            text = await self.call(lambda c: client.CoreV1Api(c).read_namespaced_pod_log(
+                name, namespace, container=container, tail_lines=tail_lines, _request_timeout=TIMEOUT))  # fmt: skip
+        except KubeError:
+            return ""
+        return text or ""

@@ -23,19 +23,25 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from finetune_operator import api, resources
+from finetune_operator import status as status_model
 from finetune_operator.settings import Settings
-from finetune_trainer import termination
+from finetune_operator.status import (
+    CONDITION_TYPES,
+    EXPORTING,
+    FAILED,
+    PENDING,
+    PUBLISHING,
+    RESTARTING,
+    RUNNING,
+    SUCCEEDED,
+    SUSPENDED,
+)
+from finetune_trainer import contract
 from finetune_trainer.config import ConfigError
 
-PENDING, RUNNING, RESTARTING = "Pending", "Running", "Restarting"
-EXPORTING, PUBLISHING = "Exporting", "Publishing"
-SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
-PHASES = (PENDING, RUNNING, RESTARTING, EXPORTING, PUBLISHING, SUCCEEDED, FAILED, SUSPENDED)
 TRAINING = (PENDING, RUNNING, RESTARTING)
 TERMINAL = (SUCCEEDED, FAILED)
 
-EXIT_BAD_INPUT = 2
-PERMANENT_EXITS = {EXIT_BAD_INPUT}
 # Where the failure summary of torchrun names the first failed worker's exit code.
 _ROOT_CAUSE = re.compile(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", re.S)
 
@@ -108,7 +114,7 @@ def _int(raw: str | None) -> int:
 
 @dataclass(frozen=True)
 class Served:
-    """What Triton says about the published model (publish.confirm)."""
+    """What Triton says about the published model (confirm.py)."""
 
     ready: bool
     name: str
@@ -175,15 +181,15 @@ def classify(pod: PodView) -> Failure | None:
     if pod.phase != "Failed":
         return None
     code = pod.exit_code
-    said = termination.parse(pod.message)  # the trainer's own lines; a log tail holds them too
+    said = contract.parse_termination(pod.message)  # the trainer's own lines; a log tail holds them too
     root = _ROOT_CAUSE.search(pod.message or "")
     worker_code = said.exit_code if said.exit_code is not None else int(root.group(1)) if root else code
-    if code in PERMANENT_EXITS or worker_code in PERMANENT_EXITS:
+    if code in contract.PERMANENT_EXITS or worker_code in contract.PERMANENT_EXITS:
         text = said.error or f"exit code {worker_code} (bad input); see `finetune logs`"
         return Failure(True, "InvalidInput", f"pod {pod.name}: {text}")
     if pod.reason == "OOMKilled":
         return Failure(False, "OOMKilled", f"pod {pod.name} ran out of memory")
-    if code in (137, 143) or worker_code in (137, 143, -9, -15):
+    if code in contract.SIGNAL_EXITS or worker_code in contract.SIGNAL_EXITS:
         return Failure(False, "Killed", f"pod {pod.name} was stopped by a signal (exit code {code})")
     tail = f": {said.error}" if said.error else ""
     return Failure(False, "WorkerFailed", f"pod {pod.name} failed with exit code {code}{tail}")
@@ -213,7 +219,6 @@ CONDITIONS = {
     FAILED: ("Failed", "Failed"),
     SUSPENDED: ("Suspended", "Suspended"),
 }
-CONDITION_TYPES = ("Training", "Publishing", "Suspended", "Succeeded", "Failed")
 
 
 def set_condition(status: dict, kind: str, value: bool, reason: str, message: str, now: str, generation: int) -> None:
@@ -239,6 +244,7 @@ class _Machine:
         self.d = Decision(status=copy.deepcopy(status or {}))
         self.s = self.d.status
         self.job: api.FineTuneJob | None = None
+        self.legacy_layout = legacy_layout(status)
 
     # -- small actions --
 
@@ -314,6 +320,7 @@ class _Machine:
 
     def start(self) -> None:
         assert self.job is not None
+        self.s["storage"] = resources.job_storage(self.job, self.settings, self.meta.uid)
         self.s.setdefault("restarts", 0)
         self.s["attempt"] = 0
         if self.job.spec.suspend:
@@ -333,7 +340,8 @@ class _Machine:
 
     def create_group(self) -> None:
         assert self.job is not None
-        self.d.create += resources.worker_group(self.job, self.meta.uid, self.s["attempt"], self.settings)
+        self.d.create += resources.worker_group(self.job, self.meta.uid, self.s["attempt"], self.settings,
+                                                legacy_layout=self.legacy_layout)  # fmt: skip
 
     def suspend(self) -> None:
         self.delete_pods(self.active(resources.TRAINER))
@@ -431,7 +439,7 @@ class _Machine:
             return
         self.s["exportAttempt"] = 1
         self.s["exportStartTime"] = timestamp(self.now)
-        self.d.create.append(resources.export_pod(self.job, self.meta.uid, 1, self.settings))
+        self.export_pod(1)
         self.transition(EXPORTING, "Exporting", "training complete; exporting the model")
 
     def publishing(self) -> None:
@@ -440,7 +448,7 @@ class _Machine:
         pod = next((p for p in self.pods(resources.EXPORTER) if p.export == n), None)
         if pod is None:
             if not self.backing_off():
-                self.d.create.append(resources.export_pod(self.job, self.meta.uid, n, self.settings))
+                self.export_pod(n)
             return
         if pod.phase == "Failed" or pod.deleting:
             self.export_failed(pod, n)
@@ -452,6 +460,11 @@ class _Machine:
         if self.phase == EXPORTING:
             self.transition(PUBLISHING, "Publishing", "model published; waiting for Triton to serve it")
         self.confirm()
+
+    def export_pod(self, n: int) -> None:
+        assert self.job is not None
+        pod = resources.export_pod(self.job, self.meta.uid, n, self.settings, legacy_layout=self.legacy_layout)
+        self.d.create.append(pod)
 
     def export_failed(self, pod: PodView, n: int) -> None:
         assert self.job is not None
@@ -528,11 +541,12 @@ class _Machine:
         return True
 
     def read_progress(self) -> None:
-        p = self.observed.progress
-        if not p or self.phase not in TRAINING:
+        record = contract.ProgressRecord.from_dict(self.observed.progress)
+        if record is None or self.phase not in TRAINING:
             return
+        p = record.to_dict()  # finite numbers only
         progress = {k: p[k] for k in ("step", "totalSteps", "epoch", "percent", "etaSeconds") if p.get(k) is not None}
-        metrics = {k: float(v) for k, v in (p.get("metrics") or {}).items() if isinstance(v, int | float)}
+        metrics = p["metrics"]
         if "samples_per_second" in metrics:
             progress["samplesPerSecond"] = round(metrics["samples_per_second"], 2)
         self.s["progress"] = progress
@@ -545,9 +559,19 @@ def reconcile(meta: JobMeta, spec: Any, status: dict | None, observed: Observed,
     """The next step of one job: given its spec, its last status and what is observed now, what to do.
 
     Pure: no API calls, no clock (``now`` is given), no randomness. Children it creates are rendered by
-    resources.py; creating one that exists already is harmless (the caller ignores 409 Conflict).
+    resources.py; creating one that exists already is harmless (the caller ignores 409 Conflict). The new
+    status is checked by the typed status model (status.py): what it returns is what the CRD's schema holds.
     """
-    return _Machine(meta, status or {}, observed, now, settings).run(spec)
+    decision = _Machine(meta, status_model.read(status), observed, now, settings).run(spec)
+    decision.status = status_model.checked(decision.status)
+    return decision
+
+
+def legacy_layout(status: dict | None) -> bool:
+    """Whether an operator from before the uid-keyed storage layout started this job (it has a phase but no
+    ``status.storage``): its checkpoints stay under ``<storage>/<namespace>/<name>``."""
+    status = status or {}
+    return bool(status.get("phase")) and not status.get("storage")
 
 
 def wants_confirmation(status: dict | None, pods: list[PodView]) -> bool:
@@ -559,7 +583,7 @@ def published_version(status: dict | None, pods: list[PodView]) -> int | None:
     """The version the current export pod's publish step wrote (its termination message), or None when it did
     not say (an older trainer image): then the newest served version is taken."""
     pod = _published_pod(status, pods)
-    record = termination.parse(pod.message).published if pod else None
+    record = contract.parse_termination(pod.message).published if pod else None
     return record["version"] if record else None
 
 

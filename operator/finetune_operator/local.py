@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetune_operator.api import FineTuneJob
-from finetune_operator.steps import export_args, publish_args
+from finetune_operator.steps import export_args, publish_args, trainer_config
 from finetune_trainer.config import TrainerConfig
 
 CHECKPOINT_DIR = "checkpoints"
@@ -53,29 +53,6 @@ class LocalRun:
         return self.dir / "progress.json"
 
 
-def trainer_config(job: FineTuneJob, output_dir: str, *, checkpoint_storage: str | None = None,
-                   progress_file: str | None = None, metrics_port: int | None = None) -> TrainerConfig:
-    """The trainer's config for ``job``: its trainer sections plus where this run writes."""
-    spec = job.spec
-    checkpoint = spec.checkpoint
-    if checkpoint_storage and not checkpoint.storage:
-        checkpoint = checkpoint.model_copy(update={"storage": checkpoint_storage})
-    return TrainerConfig(
-        job_name=job.metadata.name,
-        namespace=job.metadata.namespace or "default",
-        output_dir=output_dir,
-        model=spec.model,
-        dataset=spec.dataset,
-        task=spec.task,
-        hyperparameters=spec.hyperparameters,
-        checkpoint=checkpoint,
-        output_uri=spec.output,
-        metrics_port=metrics_port,
-        progress_file=progress_file,
-        profiling=spec.profiling,
-    )
-
-
 def preflight(cfg: TrainerConfig) -> None:
     """Check sources, columns and labels in this process; raises InputError naming what is wrong."""
     from finetune_trainer import data as D
@@ -98,7 +75,8 @@ def preflight(cfg: TrainerConfig) -> None:
         augment.check(ds.augmentation, cache)
 
 
-def torchrun_command(config: Path, nproc: int, max_restarts: int = 0) -> list[str]:
+def standalone_command(config: Path, nproc: int, max_restarts: int = 0) -> list[str]:
+    """torchrun on this machine alone: ``nproc`` workers, no rendezvous server."""
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
         f"--max-restarts={max_restarts}", "-m", "finetune_trainer", "train", "--config", str(config),
@@ -134,10 +112,10 @@ def launch(job: FineTuneJob, run: LocalRun, *, nproc: int | None = None, max_res
     # torchrun sets OMP_NUM_THREADS=1 for several processes; on CPU share the cores instead.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // procs)))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return subprocess.call(torchrun_command(run.config, procs, max_restarts), env=env)
+    return subprocess.call(standalone_command(run.config, procs, max_restarts), env=env)
 
 
-def serve(job: FineTuneJob, run: LocalRun) -> int:
+def export_and_publish(job: FineTuneJob, run: LocalRun) -> int:
     """Export the trained model to ONNX and publish it into ``spec.serving.repository``, as the export pod does."""
     repository = job.spec.serving.repository or ""
     if "://" not in repository or repository.startswith("file://"):

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from finetune_operator.lifecycle import PHASES
+from finetune_operator.status import PHASES
 
 JobsSource = Callable[[], Iterable[tuple[str, ...]]]
 

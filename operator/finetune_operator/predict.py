@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from finetune_trainer.contract import triton_address
+
 
 @dataclass
 class Prediction:
@@ -42,15 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(url: str, grpc: bool) -> tuple[Any, Any]:
-    if grpc or url.startswith("grpc://"):
+    where = triton_address(url)
+    if grpc or where.protocol == "grpc":
         import tritonclient.grpc as module
 
-        return module.InferenceServerClient(url.removeprefix("grpc://")), module
+        return module.InferenceServerClient(where.address), module
     import tritonclient.http as module
 
-    if url.startswith("https://"):
-        return module.InferenceServerClient(url.removeprefix("https://"), ssl=True), module
-    return module.InferenceServerClient(url.removeprefix("http://"), connection_timeout=10), module
+    return module.InferenceServerClient(where.address, ssl=where.ssl, connection_timeout=10), module
 
 
 def _config(client: Any, model: str, version: str = "") -> dict[str, Any]:

@@ -9,7 +9,8 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from finetune_operator.api import FineTuneJobSpec, FineTuneJobStatus
+from finetune_operator.api import FineTuneJobSpec
+from finetune_operator.status import FineTuneJobStatus
 
 HEADER = """# FineTuneJob reference
 

@@ -17,10 +17,9 @@ import copy
 from typing import Any
 
 from finetune_operator import api
-from finetune_operator.local import trainer_config
 from finetune_operator.settings import RDZV_PORT, Settings
-from finetune_operator.steps import export_args, publish_args
-from finetune_trainer import termination
+from finetune_operator.steps import export_args, publish_args, trainer_config
+from finetune_trainer import contract
 from finetune_trainer.config import S3Spec, TrainerConfig
 
 NAME_LABEL = "app.kubernetes.io/name"
@@ -129,20 +128,21 @@ def _metadata(job: api.FineTuneJob, uid: str, name: str, lbls: dict[str, str]) -
     return meta
 
 
-def job_storage(job: api.FineTuneJob, settings: Settings) -> str | None:
-    """Where this job's checkpoints and progress.json live: ``<checkpoint.storage>/<namespace>/<name>``."""
+def job_storage(job: api.FineTuneJob, settings: Settings, uid: str, *, legacy_layout: bool = False) -> str | None:
+    """Where this job's checkpoints and progress.json live: ``<checkpoint.storage>/<namespace>/<name>/<uid>``
+    (without the uid for a job an older operator started: ``legacy_layout``)."""
     root = job.spec.checkpoint.storage or settings.default_storage
     if not root:
         return None
-    return f"{root.rstrip('/')}/{job.metadata.namespace or 'default'}/{job.metadata.name}"
+    return contract.job_prefix(root, job.metadata.namespace, job.metadata.name, None if legacy_layout else uid)
 
 
-def model_output(job: api.FineTuneJob, settings: Settings) -> str | None:
+def model_output(job: api.FineTuneJob, settings: Settings, uid: str, *, legacy_layout: bool = False) -> str | None:
     """Where rank 0 uploads the final model (spec.output, else ``<job storage>/model-output``)."""
     if job.spec.output:
         return job.spec.output
-    storage = job_storage(job, settings)
-    return f"{storage}/model-output" if storage else None
+    storage = job_storage(job, settings, uid, legacy_layout=legacy_layout)
+    return f"{storage}/{contract.MODEL_OUTPUT}" if storage else None
 
 
 def s3_env(s3: S3Spec | None) -> list[dict[str, Any]]:
@@ -151,14 +151,17 @@ def s3_env(s3: S3Spec | None) -> list[dict[str, Any]]:
         return []
     env: list[dict[str, Any]] = []
     if s3.credentials_secret:
-        for var, key in (("AWS_ACCESS_KEY_ID", "accessKey"), ("AWS_SECRET_ACCESS_KEY", "secretKey")):
+        for var, key in (
+            (contract.ENV_S3_ACCESS_KEY, contract.SECRET_ACCESS_KEY),
+            (contract.ENV_S3_SECRET_KEY, contract.SECRET_SECRET_KEY),
+        ):
             env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": s3.credentials_secret, "key": key}}})
     if s3.endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": s3.endpoint})
+        env.append({"name": contract.ENV_S3_ENDPOINT, "value": s3.endpoint})
     if s3.region:
-        env.append({"name": "AWS_REGION", "value": s3.region})
+        env.append({"name": contract.ENV_S3_REGION, "value": s3.region})
     if s3.addressing_style != "auto":
-        env.append({"name": "FINETUNE_S3_ADDRESSING_STYLE", "value": s3.addressing_style})
+        env.append({"name": contract.ENV_S3_ADDRESSING_STYLE, "value": s3.addressing_style})
     return env
 
 
@@ -222,7 +225,7 @@ def _container(job: api.FineTuneJob, settings: Settings, name: str, command: lis
         {"name": "HOME", "value": WORK_DIR},
         {"name": "HF_HOME", "value": f"{WORK_DIR}/.cache/huggingface"},
         {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
-        {"name": termination.PATH_ENV, "value": termination.PATH},
+        {"name": contract.ENV_TERMINATION_LOG, "value": contract.TERMINATION_LOG},
     ]
     container: dict[str, Any] = {
         "name": name,
@@ -230,7 +233,7 @@ def _container(job: api.FineTuneJob, settings: Settings, name: str, command: lis
         "command": command,
         "env": copy.deepcopy(base_env + env + list(tpl.env)),
         "securityContext": _container_security(),
-        "terminationMessagePath": termination.PATH,
+        "terminationMessagePath": contract.TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "workingDir": WORK_DIR,
         "volumeMounts": [{"name": "work", "mountPath": WORK_DIR}],
@@ -243,9 +246,10 @@ def _container(job: api.FineTuneJob, settings: Settings, name: str, command: lis
 # --- trainer config -----------------------------------------------------------------------------------------
 
 
-def trainer_config_for(job: api.FineTuneJob, settings: Settings) -> TrainerConfig:
+def trainer_config_for(job: api.FineTuneJob, settings: Settings, uid: str, *,
+                       legacy_layout: bool = False) -> TrainerConfig:  # fmt: skip
     """The TrainerConfig every worker of ``job`` reads (the same builder `finetune run` uses)."""
-    output = model_output(job, settings)
+    output = model_output(job, settings, uid, legacy_layout=legacy_layout)
     if output != job.spec.output:
         job = job.model_copy(update={"spec": job.spec.model_copy(update={"output": output})})
     # Relative paths: the container's working directory is the pod's work volume.
@@ -253,18 +257,21 @@ def trainer_config_for(job: api.FineTuneJob, settings: Settings) -> TrainerConfi
         job,
         "output",
         checkpoint_storage=settings.default_storage,
-        progress_file="output/progress.json",
+        progress_file=f"output/{contract.PROGRESS_FILE}",
         metrics_port=settings.trainer_metrics_port or None,
+        uid=None if legacy_layout else uid,
     )
 
 
-def config_map(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings) -> dict[str, Any]:
+def config_map(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings, *,
+               legacy_layout: bool = False) -> dict[str, Any]:  # fmt: skip
     name = job.metadata.name
+    cfg = trainer_config_for(job, settings, uid, legacy_layout=legacy_layout)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(job, uid, config_name(name, attempt), labels(name, TRAINER, attempt=attempt)),
-        "data": {"trainer.json": trainer_config_for(job, settings).to_json() + "\n"},
+        "data": {"trainer.json": cfg.to_json() + "\n"},
     }
 
 
@@ -287,7 +294,8 @@ def service(job: api.FineTuneJob, uid: str) -> dict[str, Any]:
     }
 
 
-def torchrun_command(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings) -> list[str]:
+def worker_command(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings) -> list[str]:
+    """A worker pod's torchrun: one of ``nodes`` agents meeting at rank 0's c10d rendezvous."""
     res = job.spec.resources
     return [
         settings.trainer_command,
@@ -309,15 +317,15 @@ def worker_pod(job: api.FineTuneJob, uid: str, attempt: int, rank: int, settings
     name = job.metadata.name
     res = job.spec.resources
     env = [
-        {"name": "FINETUNE_JOB", "value": name},
-        {"name": "FINETUNE_ATTEMPT", "value": str(attempt)},
-        {"name": "FINETUNE_NODE_INDEX", "value": str(rank)},
+        {"name": contract.ENV_JOB, "value": name},
+        {"name": contract.ENV_ATTEMPT, "value": str(attempt)},
+        {"name": contract.ENV_NODE_INDEX, "value": str(rank)},
         *s3_env(job.spec.checkpoint.s3),
     ]
     if not res.gpus_per_node and res.cpu:
         # torchrun sets one thread per process; on CPU share the pod's cores instead.
         env.append({"name": "OMP_NUM_THREADS", "value": str(_threads(res.cpu, res.procs))})
-    container = _container(job, settings, "trainer", torchrun_command(job, uid, attempt, settings), env)
+    container = _container(job, settings, "trainer", worker_command(job, uid, attempt, settings), env)
     ports = [{"name": "rdzv", "containerPort": RDZV_PORT, "protocol": "TCP"}]
     if settings.trainer_metrics_port:
         # Local process k serves on port + k (finetune_trainer.metrics); the PodMonitor keeps metrics and metrics-N.
@@ -354,21 +362,24 @@ def _threads(cpu: str, procs: int) -> int:
     return max(1, int(cores // max(procs, 1)))
 
 
-def worker_group(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings) -> list[dict[str, Any]]:
+def worker_group(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings, *,
+                 legacy_layout: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """Everything one training attempt needs, in creation order: config, service, one pod per node."""
     pods = [worker_pod(job, uid, attempt, r, settings) for r in range(job.spec.resources.nodes)]
-    return [config_map(job, uid, attempt, settings), service(job, uid), *pods]
+    return [config_map(job, uid, attempt, settings, legacy_layout=legacy_layout), service(job, uid), *pods]
 
 
 # --- export and publication ---------------------------------------------------------------------------------
 
 
-def export_containers(job: api.FineTuneJob, uid: str, settings: Settings) -> tuple[list[dict], dict]:
+def export_containers(job: api.FineTuneJob, uid: str, settings: Settings, *,
+                      legacy_layout: bool = False) -> tuple[list[dict], dict]:  # fmt: skip
     """The export init container (it reads the trained model from the job's output, local or s3://) and the
     publish container (the job's uid is its idempotency key: one model version per job)."""
     py = [settings.trainer_python, "-m", "finetune_trainer"]
     storage_env = s3_env(job.spec.checkpoint.s3)
-    export = [*py, *export_args(job, f"{model_output(job, settings)}/model", f"{WORK_DIR}/export")]
+    model = f"{model_output(job, settings, uid, legacy_layout=legacy_layout)}/model"
+    export = [*py, *export_args(job, model, f"{WORK_DIR}/export")]
     exporter = _container(job, settings, "export", export, storage_env)
     exporter["resources"] = _resources(job.spec.resources)
     publish = [*py, *publish_args(job, f"{WORK_DIR}/export", gpu=bool(job.spec.resources.gpus_per_node), key=uid)]
@@ -376,10 +387,11 @@ def export_containers(job: api.FineTuneJob, uid: str, settings: Settings) -> tup
     return [exporter], publisher
 
 
-def export_pod(job: api.FineTuneJob, uid: str, n: int, settings: Settings) -> dict[str, Any]:
+def export_pod(job: api.FineTuneJob, uid: str, n: int, settings: Settings, *,
+               legacy_layout: bool = False) -> dict[str, Any]:  # fmt: skip
     """One pod that exports the trained model (init containers) and then publishes it (main container)."""
     name = job.metadata.name
-    steps, publisher = export_containers(job, uid, settings)
+    steps, publisher = export_containers(job, uid, settings, legacy_layout=legacy_layout)
     spec = _pod_spec(job, settings, [publisher], [{"name": "work", "emptyDir": {}}])
     spec["initContainers"] = steps
     meta = _metadata(job, uid, export_name(name, n), labels(name, EXPORTER, export=n))

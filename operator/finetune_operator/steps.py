@@ -1,8 +1,36 @@
-"""The export and publish command lines for a job: one definition for the local backend and the export pod."""
+"""What each step of a job is given, built from its spec: the trainer's config and the export and publish
+command lines. One definition for the local backend (local.py) and the cluster's builders (resources.py)."""
 
 from __future__ import annotations
 
 from finetune_operator import api
+from finetune_trainer.config import TrainerConfig
+
+
+def trainer_config(job: api.FineTuneJob, output_dir: str, *, checkpoint_storage: str | None = None,
+                   progress_file: str | None = None, metrics_port: int | None = None,
+                   uid: str | None = None) -> TrainerConfig:
+    """The trainer's config for ``job``: its trainer sections plus where this run writes (``uid`` keys the
+    job's storage folder on a cluster; a local run has none)."""
+    spec = job.spec
+    checkpoint = spec.checkpoint
+    if checkpoint_storage and not checkpoint.storage:
+        checkpoint = checkpoint.model_copy(update={"storage": checkpoint_storage})
+    return TrainerConfig(
+        job_name=job.metadata.name,
+        namespace=job.metadata.namespace or "default",
+        job_uid=uid,
+        output_dir=output_dir,
+        model=spec.model,
+        dataset=spec.dataset,
+        task=spec.task,
+        hyperparameters=spec.hyperparameters,
+        checkpoint=checkpoint,
+        output_uri=spec.output,
+        metrics_port=metrics_port,
+        progress_file=progress_file,
+        profiling=spec.profiling,
+    )
 
 
 def export_args(job: api.FineTuneJob, model_dir: str, out_dir: str) -> list[str]:

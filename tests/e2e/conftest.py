@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from finetune_operator import api
+from finetune_operator import api, crd
 from tests.fixtures.kube import KubeApi, eventually, real_cluster
 from tests.fixtures.processes import free_port
 
@@ -31,7 +31,7 @@ def install_crd(kube: KubeApi) -> None:
 
     ext = client.ApiextensionsV1Api(kube.client())
     try:
-        ext.create_custom_resource_definition(api.crd())
+        ext.create_custom_resource_definition(crd.crd())
     except ApiException as e:
         if e.status != 409:
             raise

@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from finetune_trainer.checkpoint import CheckpointManager
+from finetune_trainer.contract import EXIT_PREEMPTED
 from finetune_trainer.loop import Trainer
-from finetune_trainer.train import EXIT_PREEMPTED, main
+from finetune_trainer.train import main
 
 SCRIPTED_ACCURACY = {10: 0.9, 20: 0.6, 30: 0.5}
 PREEMPT_AFTER = 25

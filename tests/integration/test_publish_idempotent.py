@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_trainer import termination
+from finetune_trainer import contract
 from finetune_trainer.publish import main, publish
 from tests.fixtures.triton import snapshot
 
@@ -56,17 +56,17 @@ def test_the_command_leaves_the_version_in_its_termination_message(
     tiny_export: Path, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     message = tmp_path / "termination-log"
-    monkeypatch.setenv(termination.PATH_ENV, str(message))
+    monkeypatch.setenv(contract.ENV_TERMINATION_LOG, str(message))
     argv = ["--export", str(tiny_export), "--repository", repo.as_uri(), "--name", NAME, "--idempotency-key", "u1"]
     for reused in (False, True):
         message.write_text("")
         assert main(argv) == 0
-        said = termination.parse(message.read_text())
+        said = contract.parse_termination(message.read_text())
         assert said.published == {"name": NAME, "version": 1, "reused": reused} and said.error is None
 
     message.write_text("")
     assert main([*argv[:1], str(tmp_path / "no-export"), *argv[2:]]) == 2
-    said = termination.parse(message.read_text())
+    said = contract.parse_termination(message.read_text())
     assert said.exit_code == 2 and "no export_report.json" in (said.error or "") and said.published is None
 
 

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from finetune_operator import admission, api
+from finetune_operator import admission, api, crd
 from finetune_operator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,14 +24,14 @@ SPEC = {
 
 def test_manifests_crd_is_generated_from_api() -> None:
     committed = (ROOT / "manifests" / "crd.yaml").read_text()
-    assert committed == api.crd_yaml(), "manifests/crd.yaml is stale: run `finetune crd > manifests/crd.yaml`"
+    assert committed == crd.crd_yaml(), "manifests/crd.yaml is stale: run `finetune crd > manifests/crd.yaml`"
 
 
 def test_crd_has_status_subresource_printer_columns_short_name_and_categories() -> None:
-    crd = api.crd()
-    names = crd["spec"]["names"]
+    definition = crd.crd()
+    names = definition["spec"]["names"]
     assert names["shortNames"] == ["ftj"] and "ml" in names["categories"]
-    (version,) = crd["spec"]["versions"]
+    (version,) = definition["spec"]["versions"]
     assert version["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     assert columns["Phase"] == ".status.phase" and columns["Progress"] == ".status.progress.percent"
@@ -40,7 +40,7 @@ def test_crd_has_status_subresource_printer_columns_short_name_and_categories() 
 
 
 def test_crd_schema_applies_defaults_and_rejects_what_it_can() -> None:
-    schema = api.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     spec = schema["properties"]["spec"]
     assert spec["properties"]["backoffLimit"]["default"] == 3
     assert spec["properties"]["resources"]["properties"]["nodes"]["minimum"] == 1

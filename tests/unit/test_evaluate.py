@@ -38,6 +38,15 @@ def test_regression_metrics():
     assert m["spearman"] == pytest.approx(1.0)
 
 
+def test_spearman_gives_ties_their_average_rank():
+    # Ranks of x = [1, 2, 2, 3] are [1, 2.5, 2.5, 4], of y = [1, 1, 2, 3] are [1.5, 1.5, 3, 4]; their Pearson
+    # correlation is 3.75 / sqrt(4.5 * 4.5) = 5/6, as scipy.stats.spearmanr reports (ranking ties by position
+    # would give 1.0).
+    assert list(E.average_ranks(np.array([3.0, 1.0, 2.0, 2.0]))) == [4.0, 1.0, 2.5, 2.5]
+    m = E.regression(np.array([1.0, 2.0, 2.0, 3.0]), np.array([1.0, 1.0, 2.0, 3.0]))
+    assert m["spearman"] == pytest.approx(5 / 6)
+
+
 def test_best_metric_direction():
     assert E.improved(0.9, 0.8, "accuracy") and not E.improved(0.8, 0.9, "accuracy")
     assert E.improved(0.1, 0.2, "mse") and not E.improved(0.2, 0.1, "mse")

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from finetune_operator import reference
-from finetune_operator.api import crd, load_job_file
+from finetune_operator.api import load_job_file
+from finetune_operator.crd import crd
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from finetune_operator import admission, api, lifecycle, resources
+from finetune_operator import admission, api, crd, lifecycle, resources
 from finetune_operator.settings import Settings
 from finetune_trainer.config import TrainerConfig
 from tests.unit.pss import restricted_violations
@@ -39,7 +39,7 @@ UID = "6f1d2c3b-0000-4000-8000-000000000001"
 NAMESPACE = "ml"
 K8S = kubernetes_validate.latest_version()
 K8S_CHECKED = 150  # admitted specs whose objects are also checked against Kubernetes' schema
-CRD_SCHEMA = api.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+CRD_SCHEMA = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 SPEC_SCHEMA = CRD_SCHEMA["properties"]["spec"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -97,6 +98,41 @@ def test_progress_and_metrics_come_from_progress_json() -> None:
     d2 = step(d.status, [worker(0), worker(1)], at=7, progress=evaluated)
     assert d2.status["metrics"] == {"loss": 0.41, "accuracy": 0.91, "f1_macro": 0.9}
 
+
+
+def test_non_finite_metrics_never_reach_status() -> None:
+    """A real API server answers 400 to a status holding NaN, and the job's status never advances again."""
+    progress = {"phase": "training", "step": 30, "totalSteps": 120, "epoch": float("nan"), "percent": 25.0,
+                "etaSeconds": float("inf"), "metrics": {"loss": float("nan"), "grad_norm": float("inf"),
+                                                         "learning_rate": 1e-4}}  # fmt: skip
+    d = step(running(), [worker(0), worker(1)], at=6, progress=progress)
+    assert d.status["metrics"] == {"learning_rate": 1e-4}
+    assert d.status["progress"]["step"] == 30 and "etaSeconds" not in d.status["progress"]
+    json.dumps(d.status, allow_nan=False)
+
+
+def trainer_config(d: L.Decision) -> dict:
+    (cm,) = [o for o in d.create if o["kind"] == "ConfigMap"]
+    return json.loads(cm["data"]["trainer.json"])
+
+
+def test_storage_is_keyed_by_the_uid_so_a_job_created_again_starts_fresh() -> None:
+    d = step(None)
+    assert d.status["storage"] == "s3://ckpt/ml/sentiment/uid-1"
+    assert trainer_config(d)["jobUid"] == "uid-1"
+    assert trainer_config(d)["outputUri"] == "s3://ckpt/ml/sentiment/uid-1/model-output"
+    again = L.reconcile(L.JobMeta("sentiment", "ml", "uid-2"), spec(), None, Observed(), T0, SETTINGS)
+    assert again.status["storage"] == "s3://ckpt/ml/sentiment/uid-2"
+
+
+def test_a_job_an_older_operator_started_keeps_the_name_keyed_layout() -> None:
+    status = running()
+    del status["storage"]
+    d = step(status, [worker(0, phase="Failed", exit_code=1), worker(1)], at=10)
+    d = step(d.status, [worker(0, phase="Failed", exit_code=1)], at=20)
+    cfg = trainer_config(d)
+    assert cfg["jobUid"] is None and cfg["outputUri"] == "s3://ckpt/ml/sentiment/model-output"
+    assert "storage" not in d.status
 
 def test_a_failed_worker_restarts_the_whole_group_after_backoff_from_the_checkpoint() -> None:
     status = running()

@@ -7,7 +7,7 @@ import argparse
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from finetune_operator import publish
+from finetune_operator import confirm
 from finetune_operator.__main__ import add_arguments, kopf_argv
 from finetune_operator.controller import status_patch
 from finetune_operator.metrics import OperatorMetrics, phases_of
@@ -78,6 +78,6 @@ def test_kopf_command_line_follows_arguments_and_settings() -> None:
 
 
 def test_confirm_reports_an_unreachable_triton_as_not_ready() -> None:
-    served = publish.confirm(f"http://127.0.0.1:{free_port()}", "sentiment", timeout=2)
+    served = confirm.confirm(f"http://127.0.0.1:{free_port()}", "sentiment", timeout=2)
     assert not served.ready and served.message
-    assert not publish.confirm(None, "sentiment").ready
+    assert not confirm.confirm(None, "sentiment").ready

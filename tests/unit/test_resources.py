@@ -164,7 +164,7 @@ def test_the_config_map_is_the_trainer_config_with_the_default_output() -> None:
     assert cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == "sentiment-a1-config"
     cfg = TrainerConfig.model_validate_json(cm["data"]["trainer.json"])
     assert cfg.job_name == "sentiment" and cfg.namespace == "ml"
-    assert cfg.output_uri == "s3://ckpt/jobs/ml/sentiment/model-output"
+    assert cfg.job_uid == UID and cfg.output_uri == f"s3://ckpt/jobs/ml/sentiment/{UID}/model-output"
     assert cfg.checkpoint.storage == "s3://ckpt/jobs"
     pod = pods(render("job-cpu"))[0]
     assert pod["spec"]["containers"][0]["command"][-2:] == ["--config", "/etc/finetune/trainer.json"]
@@ -187,7 +187,7 @@ def test_export_pod_exports_then_publishes_with_the_repository_credentials() -> 
     (publish,) = pod["spec"]["containers"]
     # The exporter reads the trained model straight from the job's output on S3, with the storage credentials.
     assert export["command"][1:8] == ["-m", "finetune_trainer", "export", "--model",
-                                      "s3://ckpt/jobs/ml/sentiment/model-output/model", "--out",
+                                      f"s3://ckpt/jobs/ml/sentiment/{UID}/model-output/model", "--out",
                                       "/workspace/export"]  # fmt: skip
     assert any("valueFrom" in e for e in export["env"])
     assert publish["command"][1:4] == ["-m", "finetune_trainer", "publish"]

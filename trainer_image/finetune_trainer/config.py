@@ -294,7 +294,7 @@ class CheckpointSpec(Section):
     """Where and how often training state is saved for resume."""
 
     storage: str | None = Field(
-        None, description="s3://bucket/prefix or a path; each job writes under <storage>/<namespace>/<name>."
+        None, description="s3://bucket/prefix or a path; each job writes under <storage>/<namespace>/<name>/<uid>."
     )
     every_steps: int | None = Field(200, ge=1, description="Checkpoint every N optimizer steps.")
     every_minutes: float | None = Field(None, gt=0, description="Also checkpoint every M minutes.")
@@ -326,6 +326,9 @@ class TrainerConfig(Section):
 
     job_name: NonEmpty = "finetune"
     namespace: str = "default"
+    job_uid: str | None = Field(
+        None, description="The FineTuneJob's uid, which keys its storage folder (finetune_trainer.contract)."
+    )
     output_dir: NonEmpty = Field(description="Local directory for the final model, metrics and plot.")
     model: ModelSpec
     dataset: DatasetSpec

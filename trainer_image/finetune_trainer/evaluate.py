@@ -63,6 +63,18 @@ def multi_label(logits: np.ndarray, labels: np.ndarray, names: list[str], thresh
     }
 
 
+def average_ranks(a: np.ndarray) -> np.ndarray:
+    """1-based ranks where tied values share the mean of their positions (Spearman's definition): scores on a
+    1-5 scale are mostly ties, and ranking ties by position would invent an order that is not there."""
+    order = np.argsort(a, kind="stable")
+    ordered = a[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(ordered)) + 1]
+    ends = np.r_[starts[1:], len(a)]
+    ranks = np.empty(len(a), dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
 def regression(pred: np.ndarray, target: np.ndarray) -> dict[str, Any]:
     """MSE, RMSE, MAE and Pearson/Spearman correlation."""
     pred, target = pred.reshape(-1).astype(np.float64), target.reshape(-1).astype(np.float64)
@@ -73,15 +85,12 @@ def regression(pred: np.ndarray, target: np.ndarray) -> dict[str, Any]:
             return 0.0
         return float(np.corrcoef(a, b)[0, 1])
 
-    def ranks(a: np.ndarray) -> np.ndarray:
-        return np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(np.float64)
-
     return {
         "mse": float((err**2).mean()),
         "rmse": float(np.sqrt((err**2).mean())),
         "mae": float(np.abs(err).mean()),
         "pearson": corr(pred, target),
-        "spearman": corr(ranks(pred), ranks(target)),
+        "spearman": corr(average_ranks(pred), average_ranks(target)),
     }
 
 

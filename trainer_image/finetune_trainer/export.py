@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from finetune_trainer import termination
+from finetune_trainer import contract
 from finetune_trainer.errors import InputError
 from finetune_trainer.sources import model_location
 from finetune_trainer.storage import StorageError
@@ -488,9 +488,9 @@ def main(argv: list[str]) -> int:
             args.model = Path(model_location(str(args.model), "--model", Path(scratch)))
             report = export(ExportOptions(**vars(args)))
     except (InputError, ParityError) as e:  # retrying cannot fix either
-        return termination.fail(e, 2)
+        return contract.fail(e, contract.EXIT_BAD_INPUT)
     except StorageError as e:
-        return termination.fail(e, 1)
+        return contract.fail(e, contract.EXIT_FAILED)
     summary = {k: report[k] for k in ("parity", "optimization", "tensorrt")} | {"files": list(report["files"])}
     if "evaluation" in report:
         summary["evaluation"] = {k: v for k, v in report["evaluation"].items() if k != "examples"}

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from finetune_trainer import contract, dist, evaluate, profiling
 from finetune_trainer import data as D
-from finetune_trainer import dist, evaluate, profiling
 from finetune_trainer.config import Precision, TaskType, TrainerConfig
 from finetune_trainer.errors import InputError
 from finetune_trainer.model import (
@@ -37,7 +37,6 @@ from finetune_trainer.report import plot_curves, write_metrics
 
 log = logging.getLogger("finetune_trainer")
 
-PROGRESS_KEY = "progress.json"  # beside the checkpoints; the operator reads it for status.progress
 
 
 @dataclass
@@ -160,7 +159,7 @@ class Trainer:
         sink = None
         if self.ckpt is not None:
             store = self.ckpt.storage
-            sink = lambda payload: store.put_bytes(PROGRESS_KEY, payload)  # noqa: E731
+            sink = lambda payload: store.put_bytes(contract.PROGRESS_FILE, payload)  # noqa: E731
         self.progress = Progress(
             self.total_steps, enabled=info.is_main, progress_file=cfg.progress_file, start_step=self.state.step,
             sink=sink,
@@ -202,7 +201,7 @@ class Trainer:
             return None
         from finetune_trainer.checkpoint import CheckpointManager
 
-        url = f"{ck.storage.rstrip('/')}/{self.cfg.namespace}/{self.cfg.job_name}"
+        url = contract.job_prefix(ck.storage, self.cfg.namespace, self.cfg.job_name, self.cfg.job_uid)
         mode = "min" if self.metric in evaluate.LOWER_IS_BETTER else "max"
         return CheckpointManager(
             url, rank=self.info.rank, world_size=self.info.world_size, keep_last=ck.keep_last,

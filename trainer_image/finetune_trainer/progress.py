@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from finetune_trainer.contract import ProgressRecord
+
 log = logging.getLogger("finetune_trainer")
 
 
@@ -82,20 +84,20 @@ class Progress:
     def write(self, step: int, epoch: float, values: dict[str, Any], phase: str, eta: float | None = None) -> None:
         if self.file is None and self.sink is None:
             return
-        payload = {
-            "phase": phase,
-            "step": step,
-            "totalSteps": self.total,
-            "epoch": round(epoch, 4),
-            "percent": round(100.0 * step / max(self.total, 1), 2),
-            "etaSeconds": None if eta is None else round(eta, 1),
-            "metrics": {k: v for k, v in values.items() if isinstance(v, int | float)},
-            "time": time.time(),
-        }
+        record = ProgressRecord(
+            step=step,
+            total_steps=self.total,
+            epoch=round(epoch, 4),
+            percent=round(100.0 * step / max(self.total, 1), 2),
+            eta_seconds=None if eta is None else round(eta, 1),
+            phase=phase,
+            metrics={k: v for k, v in values.items() if isinstance(v, int | float)},
+            time=time.time(),
+        )
         if self.file is not None:
-            write_json_atomic(self.file, payload)
+            write_json_atomic(self.file, record.to_dict())
         if self.sink is not None:
-            self.sink.post(json.dumps(payload).encode())
+            self.sink.post(record.to_json())
 
     def message(self, text: str, *args: Any) -> None:
         if not self.enabled:

@@ -34,7 +34,7 @@ stay, unlisted: a Triton that read a config naming N meanwhile may be loading th
 never served again. Either way the error says what failed.
 
 On success the command prints the result as JSON and writes ``published: {"name", "version", "reused"}`` to the
-container's termination message (``finetune_trainer.termination``), where the operator reads the version.
+container's termination message (``finetune_trainer.contract``), where the operator reads the version.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer import termination, triton_repo
+from finetune_trainer import contract, triton_repo
 from finetune_trainer.errors import InputError
 from finetune_trainer.storage import LocalStorage, NotFoundError, Storage, StorageError, open_storage
 
@@ -204,16 +204,14 @@ def check_compatible(storage: Storage, spec: triton_repo.ServingSpec) -> None:
 
 def triton_client(url: str) -> Any:
     """A tritonclient for ``http://host:port``, ``host:port`` (HTTP) or ``grpc://host:port``."""
-    if url.startswith("grpc://"):
+    where = contract.triton_address(url)
+    if where.protocol == "grpc":
         import tritonclient.grpc as grpcclient
 
-        return grpcclient.InferenceServerClient(url.removeprefix("grpc://"))
+        return grpcclient.InferenceServerClient(where.address)
     import tritonclient.http as httpclient
 
-    address = url.removeprefix("http://")
-    if url.startswith("https://"):
-        return httpclient.InferenceServerClient(url.removeprefix("https://"), ssl=True, network_timeout=120)
-    return httpclient.InferenceServerClient(address, network_timeout=120, connection_timeout=10)
+    return httpclient.InferenceServerClient(where.address, ssl=where.ssl, network_timeout=120, connection_timeout=10)
 
 
 def check_triton(url: str) -> Any:
@@ -521,11 +519,11 @@ def main(argv: list[str]) -> int:
             instance_count=args.instance_count,
         )
     except InputError as e:  # retrying cannot fix it
-        return termination.fail(e, 2)
+        return contract.fail(e, contract.EXIT_BAD_INPUT)
     except PublishError as e:
-        return termination.fail(e, 1)
+        return contract.fail(e, contract.EXIT_FAILED)
     summary = result.to_dict()
     summary.pop("metadata")
     print(json.dumps(summary, indent=2))
-    termination.write(termination.published_line(result.name, result.version, result.reused))
+    contract.write_termination(contract.published_line(result.name, result.version, result.reused))
     return 0

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlparse
 
+from finetune_trainer import contract
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -244,15 +246,15 @@ class S3Config:
         """
         env = dict(os.environ if env is None else env)
         values: dict[str, Any] = {
-            "access_key": env.get("AWS_ACCESS_KEY_ID") or None,
-            "secret_key": env.get("AWS_SECRET_ACCESS_KEY") or None,
+            "access_key": env.get(contract.ENV_S3_ACCESS_KEY) or None,
+            "secret_key": env.get(contract.ENV_S3_SECRET_KEY) or None,
             "session_token": env.get("AWS_SESSION_TOKEN") or None,
-            "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
-            "endpoint_url": env.get("FINETUNE_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL") or None,
+            "region": env.get(contract.ENV_S3_REGION) or env.get("AWS_DEFAULT_REGION") or None,
+            "endpoint_url": env.get("FINETUNE_S3_ENDPOINT_URL") or env.get(contract.ENV_S3_ENDPOINT) or None,
         }
         if secret_dir := env.get("FINETUNE_S3_SECRET_DIR"):
             values.update(read_secret_dir(Path(secret_dir)))
-        values["addressing_style"] = env.get("FINETUNE_S3_ADDRESSING_STYLE") or (
+        values["addressing_style"] = env.get(contract.ENV_S3_ADDRESSING_STYLE) or (
             "path" if values["endpoint_url"] else "auto"
         )
         numbers = {
@@ -279,8 +281,8 @@ def read_secret_dir(path: Path) -> dict[str, str]:
     """Credentials from a mounted Secret: ``accessKey`` and ``secretKey`` files, ``sessionToken`` optional."""
     out = {}
     for name, attr, required in (
-        ("accessKey", "access_key", True),
-        ("secretKey", "secret_key", True),
+        (contract.SECRET_ACCESS_KEY, "access_key", True),
+        (contract.SECRET_SECRET_KEY, "secret_key", True),
         ("sessionToken", "session_token", False),
     ):
         file = path / name

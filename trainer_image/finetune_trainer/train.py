@@ -8,8 +8,9 @@
     torchrun --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 \\
         --rdzv-id=JOB -m finetune_trainer train --config job.json
 
-Exit codes: 0 done, 2 bad input (one line on stderr, no traceback; retrying cannot help), 3 storage unreachable
-or refused (one line; a retry may help once it is fixed), 143 stopped by SIGTERM after a checkpoint.
+Exit codes (finetune_trainer.contract): 0 done, 2 bad input (one line on stderr, no traceback; retrying cannot
+help), 3 storage unreachable or refused (one line; a retry may help once it is fixed), 143 stopped by SIGTERM
+after a checkpoint.
 """
 
 from __future__ import annotations
@@ -19,14 +20,10 @@ import logging
 import os
 import sys
 
-from finetune_trainer import termination
+from finetune_trainer import contract
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import InputError
 from finetune_trainer.storage import StorageError
-
-EXIT_BAD_INPUT = 2
-EXIT_STORAGE = 3
-EXIT_PREEMPTED = 143
 
 
 def setup_logging() -> None:
@@ -49,7 +46,7 @@ def report_error(error: Exception, exit_code: int) -> None:
     operator to read (torchrun itself exits 1 whatever its workers' codes, so the pod's exit code cannot say why)."""
     if os.environ.get("RANK", "0") != "0":
         return
-    termination.fail(error, exit_code)
+    contract.fail(error, exit_code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,14 +61,14 @@ def main(argv: list[str] | None = None) -> int:
 
         fit(cfg)
     except InputError as e:
-        report_error(e, EXIT_BAD_INPUT)
-        return EXIT_BAD_INPUT
+        report_error(e, contract.EXIT_BAD_INPUT)
+        return contract.EXIT_BAD_INPUT
     except StorageError as e:
-        report_error(e, EXIT_STORAGE)
-        return EXIT_STORAGE
+        report_error(e, contract.EXIT_STORAGE)
+        return contract.EXIT_STORAGE
     except Preempted as e:
         logging.getLogger("finetune_trainer").warning("%s", e)
-        return EXIT_PREEMPTED
+        return contract.EXIT_PREEMPTED
     return 0
 
 

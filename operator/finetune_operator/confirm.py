@@ -7,15 +7,8 @@ ready and which versions it serves (model metadata). Only a ready model makes th
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
-
 from finetune_operator.lifecycle import Served
-
-
-def _host_port(url: str) -> tuple[str, bool]:
-    """tritonclient wants ``host:port``; https URLs need ssl."""
-    parsed = urlparse(url if "://" in url else f"http://{url}")
-    return parsed.netloc, parsed.scheme == "https"
+from finetune_trainer.contract import triton_address
 
 
 def confirm(triton_url: str | None, name: str, version: int | None = None, *, timeout: float = 5.0) -> Served:
@@ -29,9 +22,10 @@ def confirm(triton_url: str | None, name: str, version: int | None = None, *, ti
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    host, ssl = _host_port(triton_url)
+    where = triton_address(triton_url)
     try:
-        client = httpclient.InferenceServerClient(host, ssl=ssl, connection_timeout=timeout, network_timeout=timeout)
+        client = httpclient.InferenceServerClient(where.address, ssl=where.ssl, connection_timeout=timeout,
+                                                  network_timeout=timeout)  # fmt: skip
     except Exception as e:
         return Served(ready=False, name=name, endpoint=triton_url, message=f"cannot reach Triton: {e}")
     try:

@@ -1,0 +1,92 @@
+"""The FineTuneJob status as a typed model: the CRD's status schema is generated from it, and every status the
+operator writes is validated by it, so a misspelt field or a value of the wrong type fails a test instead of
+being stored, and a NaN or an infinity (which an API server refuses with 400) cannot be held at all.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from finetune_trainer.config import Section
+
+PENDING, RUNNING, RESTARTING = "Pending", "Running", "Restarting"
+EXPORTING, PUBLISHING = "Exporting", "Publishing"
+SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
+PHASES = (PENDING, RUNNING, RESTARTING, EXPORTING, PUBLISHING, SUCCEEDED, FAILED, SUSPENDED)
+CONDITION_TYPES = ("Training", "Publishing", "Suspended", "Succeeded", "Failed")
+
+Phase = Literal["Pending", "Running", "Restarting", "Exporting", "Publishing", "Succeeded", "Failed", "Suspended"]
+ConditionType = Literal["Training", "Publishing", "Suspended", "Succeeded", "Failed"]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+TIME = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"
+Time = Annotated[str, Field(pattern=TIME)]
+
+
+class Condition(Section):
+    type: ConditionType
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: Time | None = None
+    observed_generation: int | None = None
+
+
+class Progress(Section):
+    step: int = Field(0, ge=0)
+    total_steps: int | None = Field(None, ge=0)
+    epoch: Finite = 0.0
+    percent: Finite = Field(0.0, ge=0)
+    eta_seconds: Finite | None = None
+    samples_per_second: Finite | None = None
+
+
+class ModelStatus(Section):
+    repository: str
+    name: str
+    version: int = Field(ge=1)
+    endpoint: str | None = None
+    ready: bool = False
+
+
+class FineTuneJobStatus(Section):
+    """Observed state, written by the operator only."""
+
+    phase: Phase = "Pending"
+    reason: str | None = None
+    message: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+    storage: str | None = Field(
+        None, description="This job's checkpoints, progress and default output: <checkpoint.storage>/<namespace>/"
+        "<name>/<uid>."
+    )  # fmt: skip
+    progress: Progress | None = None
+    metrics: dict[str, Finite] = Field(default_factory=dict, description="Latest training and evaluation metrics.")
+    restarts: int = Field(0, ge=0)
+    attempt: int = Field(0, ge=0)
+    start_time: Time | None = None
+    completion_time: Time | None = None
+    model: ModelStatus | None = None
+    retry_after: Time | None = Field(None, description="Earliest time the next worker group or export try may start.")
+    export_attempt: int = Field(0, ge=0)
+    export_start_time: Time | None = None
+
+
+_FIELDS = {field.alias or name for name, field in FineTuneJobStatus.model_fields.items()}
+
+
+def read(raw: Any) -> dict[str, Any]:
+    """A status as stored, less the fields this model does not know (written by another operator version)."""
+    return {k: v for k, v in raw.items() if k in _FIELDS} if isinstance(raw, dict) else {}
+
+
+def checked(status: dict[str, Any]) -> dict[str, Any]:
+    """``status`` validated by the model and in its JSON form, with exactly the fields it sets.
+
+    Raises:
+        pydantic.ValidationError: a field the model does not know or a value it cannot hold (NaN among them).
+    """
+    model = FineTuneJobStatus.model_validate(status)
+    return model.model_dump(mode="json", by_alias=True, exclude_unset=True)
