@@ -2,12 +2,16 @@
 start there: a dependency that only the dev environment provides (the operator image once lacked boto3,
 which the controller needs to read progress from S3) fails here before any image is built.
 
-Slow: each environment is a real install from the package index (pip's cache makes a rerun faster); the
-trainer's is torch, about 4.7 GB, pinned to the version scripts/test.sh installs.
+Slow: each environment is a real install from the package index, made with uv, whose cache under .cache/uv
+keeps every downloaded wheel and links it into the next environment (pip's cache keeps nothing here: the index
+answers it with no-store). The trainer's environment is torch, about 4.7 GB, pinned to the version
+scripts/test.sh installs: a cold run downloads it once.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,6 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+UV = str(Path(sys.executable).with_name("uv")) if Path(sys.executable).with_name("uv").exists() else shutil.which("uv")
 TORCH = "torch==2.13.0"  # as scripts/test.sh: a bare `torch` could resolve to another multi-GB build
 
 # What each image or user runs, and what must not come along.
@@ -48,16 +53,19 @@ CHECKS = {
 
 
 def install(extra: str, venv: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    """A virtual environment of the base interpreter (none of the test environment's packages) with the
+    project and this extra only."""
+    env = {**os.environ, "UV_CACHE_DIR": str(ROOT / ".cache" / "uv")}
+    subprocess.run([UV, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, env=env)
     python = venv / "bin" / "python"
     constraints = venv / "constraints.txt"
     constraints.write_text(TORCH + "\n")
     result = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-c", str(constraints),
+        [UV, "pip", "install", "--quiet", "--native-tls", "--python", str(python), "-c", str(constraints),
          "-e", f"{ROOT}[{extra}]"],
-        capture_output=True, text=True,
+        capture_output=True, text=True, env=env,
     )  # fmt: skip
-    assert result.returncode == 0, f"pip install .[{extra}] failed:\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, f"installing .[{extra}] failed:\n{result.stderr[-3000:]}"
     return python
 
 
