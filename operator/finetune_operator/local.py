@@ -56,18 +56,18 @@ class LocalRun:
 def preflight(cfg: TrainerConfig) -> None:
     """Check sources, columns and labels in this process; raises InputError naming what is wrong."""
     from finetune_trainer import data as D
+    from finetune_trainer.limits import check_sequence_length
     from finetune_trainer.model_check import check_recipe
-    from finetune_trainer.sources import model_location
+    from finetune_trainer.roles import load_roles
 
     cache = Path(cfg.output_dir) / ".cache"
     ds = cfg.dataset
-    model_location(cfg.model.name, "model.name", cache)
-    train = D.load_split(ds.train, ds, "dataset.train", cache)
-    names = D.label_names_from([train], ds, cfg.task)
-    D.encode_labels(train, names, cfg.task)
-    for field, source in (("dataset.validation", ds.validation), ("dataset.test", ds.test)):
-        if source:
-            D.encode_labels(D.load_split(source, ds, field, cache), names, cfg.task)
+    check_sequence_length(cfg.model, cfg.hyperparameters, cache)
+    roles = load_roles(ds, cfg.task, cfg.hyperparameters.seed, cache)
+    names = D.label_names_from([roles.train], ds, cfg.task)
+    for split in (roles.train, roles.validation, roles.test):
+        if split is not None:
+            D.encode_labels(split, names, cfg.task)
     check_recipe(cfg, len(names), cache)
     if ds.augmentation is not None:
         from finetune_trainer import augment

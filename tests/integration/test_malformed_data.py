@@ -81,6 +81,7 @@ def test_huge_valid_line_and_byte_order_mark_load_and_truncate(tmp_path: Path, t
     assert len(split.texts) == 2 and len(split.texts[0]) >= HUGE - 5
     names = D.label_names_from([split], spec, TaskSpec())
     assert names == ["negative", "positive"]
-    hp = Hyperparameters(maxSeqLength=64)
-    encoded = D.tokenize(split, AutoTokenizer.from_pretrained(tiny_bert), hp, D.encode_labels(split, names, TaskSpec()))
+    prep = D.preprocessing_of(spec, Hyperparameters(maxSeqLength=64))
+    labels = D.encode_labels(split, names, TaskSpec())
+    encoded = D.tokenize(split, AutoTokenizer.from_pretrained(tiny_bert), prep, labels)
     assert list(encoded.lengths) == [64, len(encoded.input_ids[1])] and encoded.labels.tolist() == [1, 0]

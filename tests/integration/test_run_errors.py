@@ -139,3 +139,13 @@ def test_resume_continues_a_local_run(tmp_path, tiny_bert, sentiment_csv):
 
     metrics = json.loads((run / "metrics.json").read_text())
     assert [h["step"] for h in metrics["history"]] == list(range(1, 10))
+
+
+def test_max_seq_length_over_the_model_limit_is_rejected_before_any_worker(tmp_path, tiny_bert, good_csv):
+    hp = {"maxSeqLength": 192, "truncation": "head_tail", "headTokens": 128}
+    code, err = run_cli(job_file(tmp_path, tiny_bert, {"train": str(good_csv)}, hyperparameters=hp), tmp_path)
+    assert code == 2
+    assert "hyperparameters.maxSeqLength 192 (head_tail: headTokens 128 + 64 from the end) exceeds the 128-token" in err
+    assert "Traceback" not in err
+    run = next((tmp_path / "runs").iterdir())
+    assert not (run / "checkpoints").exists() and not (run / "metrics.json").exists()  # no worker ever started

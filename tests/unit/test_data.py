@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from finetune_trainer import data as D
-from finetune_trainer.config import DatasetSpec, Hyperparameters, TaskSpec
+from finetune_trainer.config import DatasetSpec, TaskSpec
 from finetune_trainer.errors import InputError
+from finetune_trainer.preprocessing import Preprocessing
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,8 @@ def split(texts, labels, pairs=None):
 
 def test_head_tail_keeps_the_start_and_the_end(tokenizer):
     words = ["first", "second"] + ["movie"] * 200 + ["fourth", "fifth"]
-    hp = Hyperparameters(max_seq_length=16, truncation="head_tail", head_tokens=4)
-    enc = D.tokenize(split([" ".join(words)], [0]), tokenizer, hp, np.zeros(1, dtype=np.int64))
+    prep = Preprocessing(max_length=16, truncation="head_tail", head_tokens=4)
+    enc = D.tokenize(split([" ".join(words)], [0]), tokenizer, prep, np.zeros(1, dtype=np.int64))
     ids = enc.input_ids[0]
     assert len(ids) == 16
     tokens = tokenizer.convert_ids_to_tokens(ids)
@@ -34,15 +35,15 @@ def test_head_tail_keeps_the_start_and_the_end(tokenizer):
 
 
 def test_tail_truncation_keeps_the_end(tokenizer):
-    hp = Hyperparameters(max_seq_length=8, truncation="tail")
-    enc = D.tokenize(split(["first " + "movie " * 50 + "fifth"], [0]), tokenizer, hp, np.zeros(1, dtype=np.int64))
+    prep = Preprocessing(max_length=8, truncation="tail")
+    enc = D.tokenize(split(["first " + "movie " * 50 + "fifth"], [0]), tokenizer, prep, np.zeros(1, dtype=np.int64))
     tokens = tokenizer.convert_ids_to_tokens(enc.input_ids[0])
     assert len(tokens) == 8 and tokens[-1] == "[SEP]" and "first" not in tokens
 
 
 def test_no_padding_until_the_batch(tokenizer):
-    hp = Hyperparameters(max_seq_length=64)
-    enc = D.tokenize(split(["great", "the movie was really quite great"], [0, 1]), tokenizer, hp,
+    prep = Preprocessing(max_length=64)
+    enc = D.tokenize(split(["great", "the movie was really quite great"], [0, 1]), tokenizer, prep,
                      np.array([0, 1]))
     assert len(enc.input_ids[0]) < len(enc.input_ids[1])
     batch = D.Collator(pad_id=tokenizer.pad_token_id)(enc, [0, 1])

@@ -124,6 +124,16 @@ class AugmentationSpec(Section):
         return self
 
 
+class HubSplits(Section):
+    """Which split of a hub dataset (or of a folder laid out like one) each role reads."""
+
+    train: str | None = Field(None, description="Split read for training (default: train).")
+    validation: str | None = Field(
+        None, description="Split read for validation (default: validation, dev or valid, where one exists)."
+    )
+    test: str | None = Field(None, description="Split read for the test set (default: test, where it exists).")
+
+
 class DatasetSpec(Section):
     """Where the labelled text comes from and which columns mean what."""
 
@@ -140,7 +150,17 @@ class DatasetSpec(Section):
         None, description="Label names in id order; inferred (sorted) from the training data when absent."
     )
     validation_split: float = Field(
-        0.1, gt=0, lt=1, description="Fraction of train held out when no validation set is given."
+        0.1, gt=0, lt=1,
+        description="Fraction of train held out (stratified by label for single-label tasks) when no validation "
+        "set is given.",
+    )
+    test_split: float | None = Field(
+        None, gt=0, lt=1,
+        description="Fraction of train held out as the test set (stratified), before validation is held out: "
+        "training and model selection never see it.",
+    )
+    splits: HubSplits = Field(
+        HubSplits(), description="Split per role for a hub dataset or a folder of train.*, validation.*, test.*."
     )
     max_train_samples: int | None = Field(None, ge=1, description="Use at most this many training rows.")
     max_eval_samples: int | None = Field(
@@ -159,6 +179,8 @@ class DatasetSpec(Section):
             raise ValueError(f"textColumn, textPairColumn and labelColumn must differ, got {cols}")
         if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
             raise ValueError("labelNames must be unique")
+        if self.test and self.test_split is not None:
+            raise ValueError("set one of test (a test set) or testSplit (a fraction of train held out), not both")
         return self
 
 
@@ -218,6 +240,16 @@ class Hyperparameters(Section):
     scheduler: Scheduler = Field(Scheduler.LINEAR, description="Learning-rate decay after warmup.")
     batch_size: int = Field(16, ge=1, le=4096, description="Examples per process per micro-batch.")
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    auto_batch_size: bool = Field(
+        False,
+        description="On CUDA out of memory, halve batchSize and double gradientAccumulationSteps in place (the "
+        "same effective batch and optimizer state) instead of failing.",
+    )
+    max_non_finite_steps: int = Field(
+        3, ge=1,
+        description="Consecutive optimizer steps with a NaN or infinite loss (not applied) after which the run "
+        "stops and is not exported; fp16 loss-scaler skips do not count.",
+    )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables.")
     max_seq_length: int = Field(128, ge=8, le=8192, description="Tokens per example after truncation.")
     truncation: Truncation = Field(

@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from finetune_trainer.config import DataFormat, DatasetSpec, Hyperparameters, TaskSpec, TaskType, Truncation
+from finetune_trainer.config import DataFormat, DatasetSpec, Hyperparameters, TaskSpec, TaskType
+from finetune_trainer.dataset_splits import split_files
 from finetune_trainer.errors import InputError
+from finetune_trainer.preprocessing import Preprocessing, TextEncoder
 from finetune_trainer.sources import local_files
 
 log = logging.getLogger(__name__)
@@ -83,15 +85,20 @@ def _check_utf8(files: list[Path], field_name: str) -> None:
                     ) from None
 
 
-def load_split(source: str, spec: DatasetSpec, field_name: str, cache_dir: Path) -> TextSplit:
-    """Load one split's text and label columns, with errors that name the field, file and columns."""
+def load_split(source: str, spec: DatasetSpec, field_name: str, cache_dir: Path, split: str | None = None) -> TextSplit:
+    """Load one split's text and label columns, with errors that name the field, file and columns.
+
+    ``split`` names the split of a hub dataset or of a split-named folder (``finetune_trainer.roles`` picks it).
+    """
     import datasets
 
     datasets.disable_progress_bars()
     files = local_files(source, field_name, cache_dir)
+    if split is not None and files is not None:
+        files = (split_files(files) or {}).get(split, files)
     try:
         if files is None:
-            ds = datasets.load_dataset(source, split="train")
+            ds = datasets.load_dataset(source, split=split or "train")
         else:
             _check_utf8(files, field_name)
             builder, kwargs = _builder_for(files, spec.format, field_name)
@@ -149,7 +156,8 @@ def _split_multi(value: Any) -> list[Any]:
 
 
 def label_names_from(splits: Sequence[TextSplit], spec: DatasetSpec, task: TaskSpec) -> list[str]:
-    """Label names in id order: the spec's, else integers 0..max, else the sorted set of names seen."""
+    """Label names in id order: the spec's; else ids 0..max for integers from 0; else the integers seen, in numeric
+    order, as names (scores 1-5); else the sorted set of names seen."""
     if task.type == TaskType.REGRESSION:
         return []
     if spec.label_names:
@@ -162,9 +170,11 @@ def label_names_from(splits: Sequence[TextSplit], spec: DatasetSpec, task: TaskS
                 if isinstance(item, list | dict):  # JSON rows can hold anything; none of it names a class
                     raise InputError(_not_a_label(split.source, row, item, task))
             seen.update(item for item in items if item is not None)  # a missing label is reported by encode_labels
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in seen):
-        n = task.num_labels or (max(seen) + 1 if seen else 0)
-        return [str(i) for i in range(n)]
+    if seen and all(isinstance(v, int) and not isinstance(v, bool) for v in seen):
+        if min(seen) == 0:  # ids 0..n-1 (a class may be missing from the training rows)
+            return [str(i) for i in range(task.num_labels or max(seen) + 1)]
+        # Scores such as 1-5 are names, in numeric order: id 0 is "1", no empty class 0.
+        return [str(v) for v in sorted(seen)]
     return sorted(str(v) for v in seen)
 
 
@@ -221,35 +231,22 @@ def encode_labels(split: TextSplit, names: list[str], task: TaskSpec) -> np.ndar
 # --- tokenization ------------------------------------------------------------------------------------------
 
 
-def tokenize(split: TextSplit, tokenizer: Any, hp: Hyperparameters, labels: np.ndarray) -> Encoded:
-    """Tokenize without padding; truncate from the head, the tail, or keep head and tail (Sun et al. 2019)."""
-    max_len = hp.max_seq_length
-    wants_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ["token_type_ids"])
-    if split.pairs is not None or hp.truncation != Truncation.HEAD_TAIL:
-        tokenizer.truncation_side = "left" if hp.truncation == Truncation.TAIL else "right"
-        enc = tokenizer(
-            split.texts, split.pairs, truncation=True, max_length=max_len, padding=False,
-            return_token_type_ids=wants_types, return_attention_mask=False,
-        )
-        ids = enc["input_ids"]
-        types = enc.get("token_type_ids") if wants_types else None
-    else:
-        from transformers.utils import logging as hf_logging
+def preprocessing_of(spec: DatasetSpec, hp: Hyperparameters) -> Preprocessing:
+    """The job's preprocessing definition, recorded with the model and used by every later encoding."""
+    return Preprocessing(
+        max_length=hp.max_seq_length, truncation=str(hp.truncation), head_tokens=hp.head_tokens,
+        text_pair=spec.text_pair_column is not None,
+    )
 
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # "longer than the maximum length" is the point: we cut head and tail
-        try:
-            full = tokenizer(split.texts, truncation=False, padding=False, return_attention_mask=False,
-                             return_token_type_ids=False)["input_ids"]
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        prefix = 1 if len(tokenizer("", add_special_tokens=True)["input_ids"]) == 2 else 0
-        head = prefix + hp.head_tokens
-        tail = max_len - head
-        ids = [seq if len(seq) <= max_len else seq[:head] + seq[-tail:] for seq in full]
-        types = [[0] * len(seq) for seq in ids] if wants_types else None
+
+def tokenize(split: TextSplit, tokenizer: Any, prep: Preprocessing, labels: np.ndarray) -> Encoded:
+    """Tokenize without padding through the model's preprocessing definition (``TextEncoder``)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise InputError("model.name: the tokenizer has no fast version (tokenizer.json); training and serving need it")
+    wants_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ["token_type_ids"])
+    ids, types = TextEncoder(tokenizer.backend_tokenizer, prep).encode(split.texts, split.pairs)
     lengths = np.fromiter((len(s) for s in ids), dtype=np.int64, count=len(ids))
-    return Encoded(input_ids=ids, labels=labels, token_type_ids=types, lengths=lengths)
+    return Encoded(input_ids=ids, labels=labels, token_type_ids=types if wants_types else None, lengths=lengths)
 
 
 @dataclass
@@ -355,26 +352,6 @@ def class_weights(labels: np.ndarray, n: int) -> np.ndarray:
     counts = labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels, minlength=n)
     counts = np.maximum(counts, 1)
     return (counts.sum() / (n * counts)).astype(np.float32)
-
-
-def train_validation_split(split: TextSplit, ratio: float, seed: int) -> tuple[TextSplit, TextSplit]:
-    """Hold out ``ratio`` of the training rows (seeded) when the job names no validation set."""
-    n = len(split.texts)
-    if n < 2:
-        raise InputError(f"dataset.train: {split.source} has {n} row; need at least 2 to hold out validation")
-    order = np.random.default_rng(seed).permutation(n)
-    k = max(1, round(n * ratio))
-    held, kept = sorted(order[:k]), sorted(order[k:])
-
-    def take(ix: Sequence[int], tag: str) -> TextSplit:
-        return TextSplit(
-            [split.texts[i] for i in ix],
-            [split.pairs[i] for i in ix] if split.pairs is not None else None,
-            [split.labels[i] for i in ix],
-            f"{split.source} ({tag})",
-        )
-
-    return take(kept, "train part"), take(held, f"held-out {ratio:.0%}")
 
 
 def limit(split: TextSplit, n: int | None, seed: int) -> TextSplit:

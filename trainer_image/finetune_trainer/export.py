@@ -11,6 +11,9 @@ Writes into ``--out``:
 - ``model.int8.onnx`` with ``--int8``: dynamic int8 quantization of the fp32 graph;
 - ``model.plan`` when a CUDA GPU and the ``tensorrt`` module are present (skipped, with the reason, otherwise);
 - the tokenizer files (tokenizer.json is required: the served tokenizer uses it), ``labels.txt``;
+- ``preprocessing.json``: the model's recorded preprocessing (``finetune_trainer.preprocessing``), which the
+  parity check and the evaluation here encode with, and the served tokenizer after them; a model folder
+  without one (trained before it was recorded) gets the old behaviour, head truncation, and a warning;
 - ``export_report.json``: what was exported, parity against PyTorch on held-out examples (max abs logit
   difference and argmax agreement), and with ``--eval-file`` the metrics of each variant next to PyTorch's.
 
@@ -35,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from finetune_trainer import contract
+from finetune_trainer import contract, preprocessing
 from finetune_trainer.errors import InputError
+from finetune_trainer.preprocessing import TextEncoder
 from finetune_trainer.sources import model_location
 from finetune_trainer.storage import StorageError
 
@@ -110,6 +114,31 @@ def load(model_dir: Path) -> tuple[Any, Any]:
     return model.eval(), tokenizer
 
 
+def model_preprocessing(opts: ExportOptions, config: Any, tokenizer: Any) -> preprocessing.Preprocessing:
+    """The preprocessing recorded with the model; for a model trained before it was recorded, the old behaviour
+    (the first ``--max-sequence-length`` tokens, default the position limit, at most 512) with a warning."""
+    pair = bool(opts.text_pair or opts.text_pair_column)
+    try:
+        recorded = preprocessing.load(opts.model)
+    except (ValueError, KeyError, json.JSONDecodeError) as e:
+        raise InputError(f"--model {opts.model}: unreadable {preprocessing.FILE}: {e}") from None
+    if recorded is not None:
+        length = opts.max_sequence_length
+        if (length and length != recorded.max_length) or (pair and not recorded.text_pair):
+            raise InputError(
+                f"--model {opts.model}: {preprocessing.FILE} records max length {recorded.max_length} and text pair "
+                f"{recorded.text_pair}; --max-sequence-length/--text-pair contradict it (leave them out)"
+            )
+        return recorded
+    limits = [getattr(config, "max_position_embeddings", None), tokenizer.model_max_length, 512]
+    prep = preprocessing.legacy(opts.max_sequence_length or min(int(x) for x in limits if x), pair)
+    log.warning(
+        "%s has no %s (trained before preprocessing was recorded): serving keeps the first %d tokens with no "
+        "cleaning, which may differ from what it was trained on", opts.model, preprocessing.FILE, prep.max_length,
+    )
+    return prep
+
+
 def input_names(model: Any, tokenizer: Any) -> list[str]:
     """input_ids, attention_mask, and token_type_ids when both the model and its tokenizer use them."""
     takes = inspect.signature(model.forward).parameters
@@ -155,21 +184,28 @@ def load_examples(opts: ExportOptions, labels: list[str], task: str) -> Examples
 # -------------------------------------------------------------------------------------------- inference
 
 
-def batches(tokenizer: Any, ex: Examples, names: Sequence[str], max_len: int, batch_size: int):
-    """Padded int64 batches in length order (less padding), with the indices that restore input order."""
+def batches(encoder: TextEncoder, ex: Examples, names: Sequence[str], pad_id: int, batch_size: int):
+    """Right-padded int64 batches in length order (less padding), with the indices that restore input order."""
     order = sorted(range(len(ex.texts)), key=lambda i: len(ex.texts[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        texts = [ex.texts[i] for i in idx]
         pairs = [ex.pairs[i] for i in idx] if ex.pairs is not None else None
-        enc = tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_len, return_tensors="np")
-        yield idx, {n: enc[n].astype(np.int64) for n in names}
+        ids, types = encoder.encode([ex.texts[i] for i in idx], pairs)
+        width = max(len(x) for x in ids)
+        feed = {n: np.zeros((len(idx), width), dtype=np.int64) for n in names}
+        feed["input_ids"][:] = pad_id
+        for row, (x, t) in enumerate(zip(ids, types, strict=True)):
+            feed["input_ids"][row, : len(x)] = x
+            feed["attention_mask"][row, : len(x)] = 1
+            if "token_type_ids" in feed:
+                feed["token_type_ids"][row, : len(t)] = t
+        yield idx, feed
 
 
-def predict(run: Callable[[dict[str, np.ndarray]], np.ndarray], tokenizer, ex, names, max_len, batch_size):
+def predict(run: Callable[[dict[str, np.ndarray]], np.ndarray], encoder, ex, names, pad_id, batch_size):
     """Logits of every example in input order."""
     out: np.ndarray | None = None
-    for idx, feed in batches(tokenizer, ex, names, max_len, batch_size):
+    for idx, feed in batches(encoder, ex, names, pad_id, batch_size):
         logits = run(feed)
         if out is None:
             out = np.zeros((len(ex.texts), logits.shape[1]), dtype=np.float32)
@@ -339,8 +375,9 @@ def export(opts: ExportOptions) -> dict[str, Any]:
     names = input_names(model, tokenizer)
     labels = label_names(config)
     task = task_of(config)
-    limits = [getattr(config, "max_position_embeddings", None), tokenizer.model_max_length, 512]
-    max_len = opts.max_sequence_length or min(int(x) for x in limits if x)
+    prep = model_preprocessing(opts, config, tokenizer)
+    encoder = TextEncoder(tokenizer.backend_tokenizer, prep)
+    pad_id = tokenizer.pad_token_id or 0
     opts.out.mkdir(parents=True, exist_ok=True)
     held_out = load_examples(opts, labels, task)
     parity_ex = Examples(list(SAMPLE_TEXTS))
@@ -352,6 +389,7 @@ def export(opts: ExportOptions) -> dict[str, Any]:
     if not (opts.out / "tokenizer.json").is_file():
         raise InputError(f"--model {opts.model}: the tokenizer did not save a tokenizer.json; serving needs it")
     (opts.out / "labels.txt").write_text("\n".join(labels) + "\n")
+    prep.save(opts.out)
 
     report: dict[str, Any] = {
         "format_version": 1,
@@ -362,8 +400,9 @@ def export(opts: ExportOptions) -> dict[str, Any]:
         "labels": labels,
         "inputs": names,
         "outputs": ["logits"],
-        "max_sequence_length": max_len,
-        "text_pair": bool(opts.text_pair or opts.text_pair_column),
+        "max_sequence_length": prep.max_length,
+        "text_pair": prep.text_pair,
+        "preprocessing": prep.to_dict(),
         "tokenizer": {
             "pad_token": tokenizer.pad_token,
             "pad_token_id": tokenizer.pad_token_id,
@@ -376,7 +415,7 @@ def export(opts: ExportOptions) -> dict[str, Any]:
     export_onnx(model, tokenizer, names, fp32, opts.opset, opts.dynamo)
 
     def logits_of(run, ex: Examples) -> np.ndarray:
-        return predict(run, tokenizer, ex, names, max_len, opts.batch_size)
+        return predict(run, encoder, ex, names, pad_id, opts.batch_size)
 
     reference = logits_of(torch_runner(model), parity_ex)
     single = Examples(parity_ex.texts[:1], parity_ex.pairs[:1] if parity_ex.pairs is not None else None)
@@ -425,7 +464,7 @@ def export(opts: ExportOptions) -> dict[str, Any]:
     if held_out is not None:
         report["evaluation"] = evaluate_variants(held_out, task, labels, model, variants, logits_of)
     report["tensorrt"] = (
-        build_tensorrt(fp32, opts.out / "model.plan", names, opts.max_batch_size, max_len)
+        build_tensorrt(fp32, opts.out / "model.plan", names, opts.max_batch_size, prep.max_length)
         if opts.tensorrt
         else {"status": "skipped", "reason": "not asked (--no-tensorrt)"}
     )
@@ -465,7 +504,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--optimize", action="store_true", help="fuse the graph with onnxruntime's transformer optimizer")
     p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic quantization)")
     p.add_argument("--no-tensorrt", dest="tensorrt", action="store_false", help="never build model.plan")
-    p.add_argument("--max-sequence-length", type=int, help="default: the model's position limit, at most 512")
+    p.add_argument("--max-sequence-length", type=int,
+                   help="only for a model without preprocessing.json: default its position limit, at most 512")
     p.add_argument("--max-batch-size", type=int, default=32, help="largest batch of the TensorRT profile")
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest accepted abs logit difference")
     p.add_argument("--parity-samples", type=int, default=32)
@@ -475,7 +515,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", default="label")
     p.add_argument("--max-eval-samples", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--text-pair", action="store_true", help="the model classifies text pairs")
+    p.add_argument("--text-pair", action="store_true",
+                   help="the model classifies text pairs (recorded in preprocessing.json by training)")
     return p
 
 

@@ -23,6 +23,8 @@ from finetune_trainer import contract, dist, evaluate, profiling
 from finetune_trainer import data as D
 from finetune_trainer.config import Precision, TaskType, TrainerConfig
 from finetune_trainer.errors import InputError
+from finetune_trainer.guards import Resized, StepGuard
+from finetune_trainer.limits import check_sequence_length
 from finetune_trainer.model import (
     checkpoint_state,
     load_checkpoint_state,
@@ -32,8 +34,10 @@ from finetune_trainer.model import (
     parameter_counts,
     prepare,
 )
+from finetune_trainer.preprocessing import Preprocessing
 from finetune_trainer.progress import Progress
 from finetune_trainer.report import plot_curves, write_metrics
+from finetune_trainer.roles import load_roles
 
 log = logging.getLogger("finetune_trainer")
 
@@ -50,6 +54,7 @@ class State:
     best_step: int | None = None
     bad_evals: int = 0
     samples: int = 0
+    batch_resizes: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
     evals: list[dict[str, float]] = field(default_factory=list)
 
@@ -61,6 +66,7 @@ class Prepared:
     test: D.Encoded | None
     label_names: list[str]
     tokenizer: Any
+    preprocessing: Preprocessing
     train_for_epoch: Callable[[int], D.Encoded] | None = None  # with dataset.augmentation: each epoch's rows
 
 
@@ -73,15 +79,9 @@ def seed_everything(seed: int) -> None:
 def prepare_data(cfg: TrainerConfig, cache_dir: Path) -> Prepared:
     """Load, label and tokenize every split; raises InputError for anything a user must fix."""
     ds, task, hp = cfg.dataset, cfg.task, cfg.hyperparameters
-    train = D.limit(D.load_split(ds.train, ds, "dataset.train", cache_dir), ds.max_train_samples, hp.seed)
-    if ds.validation:
-        val = D.load_split(ds.validation, ds, "dataset.validation", cache_dir)
-    else:
-        train, val = D.train_validation_split(train, ds.validation_split, hp.seed)
-    val = D.limit(val, ds.max_eval_samples, hp.seed)
-    test = None
-    if ds.test:
-        test = D.limit(D.load_split(ds.test, ds, "dataset.test", cache_dir), ds.max_eval_samples, hp.seed)
+    check_sequence_length(cfg.model, hp, cache_dir)
+    roles = load_roles(ds, task, hp.seed, cache_dir)
+    train, val, test = roles.train, roles.validation, roles.test
     names = D.label_names_from([train], ds, task)
     if task.type != TaskType.REGRESSION:
         if task.num_labels is not None and len(names) != task.num_labels:
@@ -89,17 +89,18 @@ def prepare_data(cfg: TrainerConfig, cache_dir: Path) -> Prepared:
         if len(names) < 2 and task.type == TaskType.SINGLE_LABEL:
             raise InputError(f"dataset.labelColumn: training data has {len(names)} label(s) {names}; need at least 2")
     tokenizer = load_tokenizer(cfg.model, cache_dir)
+    prep = D.preprocessing_of(ds, hp)
 
     def encode(split: D.TextSplit) -> D.Encoded:
-        return D.tokenize(split, tokenizer, hp, D.encode_labels(split, names, task))
+        return D.tokenize(split, tokenizer, prep, D.encode_labels(split, names, task))
 
     if ds.augmentation is None:
-        return Prepared(encode(train), encode(val), encode(test) if test else None, names, tokenizer)
+        return Prepared(encode(train), encode(val), encode(test) if test else None, names, tokenizer, prep)
     from finetune_trainer import augment
 
     epoch_split = augment.epochs(train, ds.augmentation, hp.seed, cache_dir)
     for_epoch = functools.lru_cache(maxsize=1)(lambda epoch: encode(epoch_split(epoch)))
-    return Prepared(for_epoch(0), encode(val), encode(test) if test else None, names, tokenizer, for_epoch)
+    return Prepared(for_epoch(0), encode(val), encode(test) if test else None, names, tokenizer, prep, for_epoch)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -149,6 +150,7 @@ class Trainer:
         self.scheduler = self._scheduler()
         self.loss_fn = self._loss_fn()
         self.state = State()
+        self.guard = StepGuard(self)
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.last_eval: tuple[int, dict[str, Any]] | None = None
         self.stop_requested = False
@@ -232,6 +234,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.state = State(**state["trainer"])
+        self.guard.restore()
         if rank_state:
             random.setstate(rank_state["python"])
             np.random.set_state(rank_state["numpy"])
@@ -301,7 +304,6 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         hp, st, info = self.hp, self.state, self.info
         module = self.ddp or self.model
-        accum = hp.gradient_accumulation_steps
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         window_loss, window_n, window_samples, window_tokens = 0.0, 0, 0, 0
         window_start = time.perf_counter()
@@ -312,6 +314,7 @@ class Trainer:
         try:
             while st.step < self.total_steps and not stopped_early:
                 self._epoch_data(st.epoch)
+                accum = hp.gradient_accumulation_steps  # autoBatchSize may change it (guards.StepGuard)
                 self.sampler.set_epoch(st.epoch, start=st.batches_in_epoch * hp.batch_size)
                 self.model.train()
                 micro = st.batches_in_epoch
@@ -322,12 +325,11 @@ class Trainer:
                     window_samples += batch["input_ids"].shape[0]
                     window_tokens += int(batch["attention_mask"].sum())
                     sync = contextlib.nullcontext() if boundary or self.ddp is None else self.ddp.no_sync()
-                    with sync:
-                        with prof.phase("forward"):
-                            loss, _ = self._forward(batch, module)
-                        with prof.phase("backward"):
-                            self.scaler.scale(loss / accum).backward()
-                    window_loss += float(loss.detach())
+                    try:
+                        with sync:
+                            window_loss += self.guard.micro_step(batch, module, boundary)
+                    except Resized:
+                        break  # the window restarts at the new micro-batch size
                     window_n += 1
                     if not boundary:
                         continue
@@ -380,6 +382,9 @@ class Trainer:
         self.stop_requested = True
 
     def _optimizer_step(self) -> float | None:
+        if not self.guard.step_is_finite(self.state.step + 1):  # a non-finite loss: drop the step's gradients
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
         grad_norm = None
         if self.hp.max_grad_norm:
             self.scaler.unscale_(self.optimizer)
@@ -509,6 +514,7 @@ class Trainer:
             "history": st.history,
             "evals": st.evals,
             "throughput": _throughput(st.history),
+            "batch_resizes": st.batch_resizes,
             "peak_memory": _peak_memory(),
         }
         if self.info.is_main:
@@ -523,6 +529,7 @@ class Trainer:
         model_dir = self.out / "model"
         merged(self.model).save_pretrained(model_dir)
         self.p.tokenizer.save_pretrained(model_dir)
+        self.p.preprocessing.save(model_dir)  # what export, serving and prediction encode text with
         write_metrics(self.out / "metrics.json", summary)
         plot_curves(self.out / "training_curve.png", summary["history"], summary["evals"], self.metric)
         if self.cfg.output_uri:

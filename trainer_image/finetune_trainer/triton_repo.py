@@ -8,7 +8,7 @@ One publication of name ``NAME`` is four Triton models (``model_names``)::
       <N>/model.onnx          (or model.plan; plus model.py for the python backend)
     NAME_tokenizer/           python backend: raw strings (TYPE_STRING) -> input_ids, attention_mask, ...
       config.pbtxt
-      <N>/model.py, tokenizer.json, ...
+      <N>/model.py, tokenizer.json, preprocessing.json, preprocessing.py (the trainer's encoder), ...
     NAME_postprocess/         python backend: logits -> LABEL (string) and PROBABILITIES
       config.pbtxt
       <N>/model.py
@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+
+from finetune_trainer import preprocessing
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 BACKENDS = ("onnxruntime", "python", "tensorrt")
@@ -328,9 +330,13 @@ def version_files(
     files[f"{names.classifier}/{v}/{served}"] = export_dir / model_file
     if backend == "python":
         files[f"{names.classifier}/{v}/model.py"] = template("onnx_classifier")
-    for tok_file in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+    for tok_file in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", preprocessing.FILE):
         if (export_dir / tok_file).is_file():
             files[f"{names.tokenizer}/{v}/{tok_file}"] = export_dir / tok_file
+    # The tokenizer encodes with the trainer's own preprocessing module, copied beside it (Triton has no trainer).
+    files[f"{names.tokenizer}/{v}/preprocessing.py"] = resources.files("finetune_trainer").joinpath(
+        "preprocessing.py"
+    ).read_bytes()
     files[f"{names.tokenizer}/{v}/model.py"] = template("tokenizer")
     files[f"{names.postprocess}/{v}/model.py"] = template("postprocess")
     return files

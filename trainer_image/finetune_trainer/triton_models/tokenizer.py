@@ -1,16 +1,31 @@
 """Triton Python-backend tokenizer: TEXT (and TEXT_PAIR) strings -> input_ids, attention_mask, token_type_ids.
 
-Uses the exported tokenizer.json (Hugging Face ``tokenizers``) from this version's folder, truncated to the
-configured maximum length and padded to a multiple of ``pad_to_multiple_of`` within each request, so that
-requests of similar length share shapes and Triton's dynamic batcher can group them.
+Encodes with this version's tokenizer.json (Hugging Face ``tokenizers``) through the trainer's own
+``preprocessing.py`` and the model's ``preprocessing.json`` (cleaning, truncation, head tokens, max length),
+both copied into the version folder by publication, so the served model sees the token ids it was trained
+and evaluated on. A version without ``preprocessing.json`` (exported before it was recorded) keeps the first
+``max_sequence_length`` tokens, as such versions always did, and says so in Triton's log. Each request is
+padded to a multiple of ``pad_to_multiple_of``, so that requests of similar length share shapes and Triton's
+dynamic batcher can group them.
 """
 
+import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
+
+
+def _load_module(path):
+    # By path, not by name: the version folder's copy is the definition this model was trained with.
+    spec = importlib.util.spec_from_file_location("finetune_preprocessing", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
 
 
 class TritonPythonModel:
@@ -18,16 +33,20 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         folder = os.path.join(args["model_repository"], args["model_version"])
-        self.tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
-        self.tokenizer.enable_truncation(int(params["max_sequence_length"]))
-        self.tokenizer.enable_padding(
-            direction=params.get("padding_side", "right"),
-            pad_id=int(params["pad_token_id"]),
-            pad_token=params["pad_token"],
-            pad_to_multiple_of=int(params.get("pad_to_multiple_of", "1")) or None,
-        )
-        self.outputs = [o["name"] for o in config["output"]]
+        pre = _load_module(os.path.join(folder, "preprocessing.py"))
         self.pair = any(i["name"] == "TEXT_PAIR" for i in config["input"])
+        recorded = pre.load(folder)
+        if recorded is None:
+            recorded = pre.legacy(int(params["max_sequence_length"]), self.pair)
+            pb_utils.Logger.log_warn(
+                f"{args['model_name']} version {args['model_version']}: no {pre.FILE}; keeping the first "
+                f"{recorded.max_length} tokens (the behaviour of models exported before it was recorded)"
+            )
+        self.encoder = pre.TextEncoder(Tokenizer.from_file(os.path.join(folder, "tokenizer.json")), recorded)
+        self.pad_id = int(params["pad_token_id"])
+        self.left = params.get("padding_side", "right") == "left"
+        self.multiple = max(1, int(params.get("pad_to_multiple_of", "1") or 1))
+        self.outputs = [o["name"] for o in config["output"]]
 
     @staticmethod
     def _strings(request, name):
@@ -35,16 +54,20 @@ class TritonPythonModel:
         return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
     def _encode(self, request):
-        texts = self._strings(request, "TEXT")
-        if self.pair:
-            encodings = self.tokenizer.encode_batch(list(zip(texts, self._strings(request, "TEXT_PAIR"), strict=True)))
-        else:
-            encodings = self.tokenizer.encode_batch(texts)
+        pairs = self._strings(request, "TEXT_PAIR") if self.pair else None
+        ids, types = self.encoder.encode(self._strings(request, "TEXT"), pairs)
+        longest = max(len(x) for x in ids)
+        width = -(-longest // self.multiple) * self.multiple
         arrays = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+            "input_ids": np.full((len(ids), width), self.pad_id, dtype=np.int64),
+            "attention_mask": np.zeros((len(ids), width), dtype=np.int64),
+            "token_type_ids": np.zeros((len(ids), width), dtype=np.int64),
         }
+        for row, (x, t) in enumerate(zip(ids, types, strict=True)):
+            cols = slice(width - len(x), width) if self.left else slice(0, len(x))
+            arrays["input_ids"][row, cols] = x
+            arrays["attention_mask"][row, cols] = 1
+            arrays["token_type_ids"][row, cols] = t
         return pb_utils.InferenceResponse([pb_utils.Tensor(name, arrays[name]) for name in self.outputs])
 
     def execute(self, requests):
