@@ -60,14 +60,9 @@ fi
 echo "grafana dashboard schema: $GRAFANA_SCHEMA"
 
 # --- Triton: the real tritonserver (2.51, Python backend only) bundled in the nvidia-pytriton wheel. Installed
-# --- without its dependencies: they pin numpy<2, which conflicts with the project's numpy 2 stack. Its Python
-# --- backend stub is built against numpy 1.x and corrupts string tensors under numpy 2, so the stub gets numpy
-# --- 1.26 from its own folder (serve_local reads FINETUNE_TRITON_NUMPY; the tests default to this folder).
+# --- without its dependencies: they pin numpy<2, which conflicts with the project's numpy 2 stack. (The numpy 1.x
+# --- that its Python-backend stub needs is `finetune serve`'s own business: it installs it once per user.)
 if ! "$PYTHON" -c "import importlib.metadata as m; assert m.version('nvidia-pytriton') == '0.7.0'" 2>/dev/null; then
     "$PYTHON" -m pip install --quiet --no-deps "nvidia-pytriton==0.7.0"
 fi
-if [ ! -d "$CACHE/triton-numpy/numpy" ]; then
-    "$PYTHON" -m pip install --quiet --no-deps --target "$CACHE/triton-numpy.tmp" "numpy==1.26.4"
-    rm -rf "$CACHE/triton-numpy" && mv "$CACHE/triton-numpy.tmp" "$CACHE/triton-numpy"
-fi
-echo "tritonserver: $("$PYTHON" -c 'import importlib.util as u; print(u.find_spec("pytriton").submodule_search_locations[0])')/tritonserver/bin/tritonserver, numpy for its Python backend: $CACHE/triton-numpy"
+echo "tritonserver: $("$PYTHON" -c 'import importlib.util as u; print(u.find_spec("pytriton").submodule_search_locations[0])')/tritonserver/bin/tritonserver"

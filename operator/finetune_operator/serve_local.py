@@ -13,6 +13,8 @@ The server runs with explicit model control and loads every model at start (``--
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import importlib.metadata
 import importlib.util
 import os
@@ -25,6 +27,8 @@ import tempfile
 import venv
 from dataclasses import dataclass, field
 from pathlib import Path
+
+STUB_NUMPY = "numpy==1.26.4"  # what the bundled Python-backend stub was built against
 
 
 class TritonNotFoundError(RuntimeError):
@@ -83,32 +87,54 @@ def _numpy_major() -> int:
         return 0
 
 
+def cache_root() -> Path:
+    """The per-user folder where `finetune serve` keeps what it prepares once (``$XDG_CACHE_HOME/finetune``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "finetune"
+
+
+def _installed(requirement: str, dest: Path, why: str) -> Path:
+    """``dest`` holding ``pip install --no-deps --target`` of ``requirement``, installed once (atomically: a
+    concurrent `finetune serve` that wins the race is as good)."""
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    print(f"finetune serve: installing {requirement} into {dest} ({why}; once)", file=sys.stderr, flush=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+           "--target", str(staging), requirement]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise TritonNotFoundError(
+            f"cannot install {requirement} ({why}): {done.stderr.strip()[-400:]}; "
+            f"run `{' '.join(cmd[:-3])} --target {dest} {requirement}` where PyPI is reachable"
+        )
+    try:
+        os.replace(staging, dest)
+    except OSError:  # another process installed it first
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
 def _stub_python(work: Path) -> Path:
     """The bin folder of the Python that the bundled Python-backend stub should run.
 
     The stub in nvidia-pytriton 0.7 is built against numpy 1.x: with numpy 2 it corrupts string (BYTES)
-    tensors. When this environment has numpy 2, the stub gets a small virtualenv whose path puts a numpy 1.x
-    folder (``FINETUNE_TRITON_NUMPY``, a ``pip install --target`` of numpy<2) before this environment's
-    packages.
+    tensors, which the text-in tokenizer takes. When this environment has numpy 2, the stub gets a small
+    virtualenv whose path puts a numpy 1.x folder (installed once into the per-user cache) before this
+    environment's packages.
     """
     here = Path(sys.executable).parent
-    numpy1 = os.environ.get("FINETUNE_TRITON_NUMPY")
     if _numpy_major() < 2:
         return here
-    if not numpy1 or not (Path(numpy1) / "numpy").is_dir():
-        print(
-            "warning: numpy>=2 here; Triton's bundled Python backend needs numpy<2 for string tensors "
-            "(text-in models). Run scripts/install-test-deps.sh or `pip install --target DIR 'numpy<2'` and set "
-            "FINETUNE_TRITON_NUMPY=DIR",
-            file=sys.stderr,
-        )
-        return here
+    numpy1 = _installed(STUB_NUMPY, cache_root() / f"triton-{STUB_NUMPY.replace('==', '-')}",
+                        "Triton's bundled Python backend needs numpy<2 for string tensors")
     env_dir = work / "stub-python"
     site_dir = Path(sysconfig.get_path("purelib", vars={"base": str(env_dir), "platbase": str(env_dir)}))
     if not (env_dir / "bin" / "python").exists():
         venv.EnvBuilder(with_pip=False, symlinks=True, clear=True).create(env_dir)
     packages = sysconfig.get_path("purelib")
-    (site_dir / "00-numpy1.pth").write_text(f"{Path(numpy1).resolve()}\n")
+    (site_dir / "00-numpy1.pth").write_text(f"{numpy1.resolve()}\n")
     (site_dir / "10-env.pth").write_text(f"import site; site.addsitedir({packages!r})\n")
     return env_dir / "bin"
 
@@ -124,7 +150,7 @@ def find_tritonserver(work_dir: Path | None = None) -> TritonInstall:
     """
     root = _pytriton_root()
     if root is not None:
-        work = work_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "finetune"
+        work = work_dir or cache_root()
         work.mkdir(parents=True, exist_ok=True)
         return _prepare_pytriton(root, work)
     on_path = shutil.which("tritonserver")
@@ -182,7 +208,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Start tritonserver in the foreground until it exits or is interrupted."""
+    """Start tritonserver in the foreground until it exits, or until SIGTERM or Ctrl-C stops it (and every
+    process it started)."""
     repository = args.repository
     if "://" not in repository:
         path = Path(repository)
@@ -203,13 +230,39 @@ def run(args: argparse.Namespace) -> int:
         f"metrics {args.address}:{args.metrics_port}",
         file=sys.stderr,
     )
-    proc = subprocess.Popen(argv, env=env)
+    # Its own process group (with the Python-backend stubs it starts), stopped as one on SIGTERM or Ctrl-C.
+    proc = subprocess.Popen(argv, env=env, preexec_fn=_own_group_dying_with_parent)
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stop(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        try:
-            return proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+    except _Stop as e:
+        _signal_group(proc, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)  # Triton unloads its models and stops its stubs
+        return 128 + e.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _signal_group(proc, signal.SIGKILL)  # whatever of the group outlived the server
+        proc.wait()
+
+
+class _Stop(Exception):
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
+def _own_group_dying_with_parent() -> None:
+    """Child side: a process group of its own, and SIGTERM should `finetune serve` itself be killed."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from finetune_operator import serve_local
-from tests.fixtures.triton import ROOT, free_port
+from tests.fixtures.triton import free_port
 
 
 def args_for(*argv: str) -> argparse.Namespace:
@@ -40,7 +40,6 @@ def test_repository_must_be_a_folder(tmp_path: Path, capsys):
 def test_serve_starts_tritonserver_and_stops_on_interrupt(tmp_path: Path):
     http, grpc, metrics = free_port(), free_port(), free_port()
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    env.setdefault("FINETUNE_TRITON_NUMPY", str(ROOT / ".cache" / "triton-numpy"))
     code = (
         "import argparse, sys\n"
         "from finetune_operator import serve_local\n"

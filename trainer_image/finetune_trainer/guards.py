@@ -2,7 +2,8 @@
 
 ``StepGuard`` wraps each micro-batch's forward and backward for the training loop:
 
-- A step whose loss is NaN or infinite on any rank is not applied (its gradients are dropped); after
+- A step whose loss is NaN or infinite on any rank is not applied (its gradients are dropped, the learning-rate
+  schedule does not advance); after
   ``hyperparameters.maxNonFiniteSteps`` such steps in a row the run stops with ``TrainingDiverged``, so it is
   never exported or published. Steps the fp16 loss scaler skips (finite loss, overflowing gradients) are the
   scaler's own business and do not count.

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from finetune_trainer import contract, dist, evaluate, profiling
+from finetune_trainer import contract, dist, evaluate, profiling, run_stats
 from finetune_trainer import data as D
 from finetune_trainer.config import Precision, TaskType, TrainerConfig
 from finetune_trainer.errors import InputError
@@ -68,6 +68,7 @@ class Prepared:
     tokenizer: Any
     preprocessing: Preprocessing
     train_for_epoch: Callable[[int], D.Encoded] | None = None  # with dataset.augmentation: each epoch's rows
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -94,13 +95,17 @@ def prepare_data(cfg: TrainerConfig, cache_dir: Path) -> Prepared:
     def encode(split: D.TextSplit) -> D.Encoded:
         return D.tokenize(split, tokenizer, prep, D.encode_labels(split, names, task))
 
+    splits = {"train": train, "validation": val} | ({"test": test} if test else {})
+    encoded = {role: encode(split) for role, split in splits.items()}
+    stats = run_stats.data_stats(splits, encoded, names, task.type, tokenizer, prep, hp.seed)
+    val_enc, test_enc = encoded["validation"], encoded.get("test")
     if ds.augmentation is None:
-        return Prepared(encode(train), encode(val), encode(test) if test else None, names, tokenizer, prep)
+        return Prepared(encoded["train"], val_enc, test_enc, names, tokenizer, prep, stats=stats)
     from finetune_trainer import augment
 
     epoch_split = augment.epochs(train, ds.augmentation, hp.seed, cache_dir)
     for_epoch = functools.lru_cache(maxsize=1)(lambda epoch: encode(epoch_split(epoch)))
-    return Prepared(for_epoch(0), encode(val), encode(test) if test else None, names, tokenizer, prep, for_epoch)
+    return Prepared(for_epoch(0), val_enc, test_enc, names, tokenizer, prep, for_epoch, stats)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -131,6 +136,7 @@ class Trainer:
         model = load_model(cfg.model, self.task, prepared.label_names, self.out / ".cache", hp.head_dropout)
         model = prepare(model, hp)
         self.model = model.to(info.device)
+        self.run_stats = {"splits": prepared.stats, **run_stats.model_stats(self.model, info.device, info.world_size)}
         self.ddp = DDP(self.model) if info.enabled else None
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, hp), lr=hp.learning_rate, betas=(hp.adam_beta1, hp.adam_beta2),
@@ -168,6 +174,8 @@ class Trainer:
         )
         self.profiler = profiling.create(cfg.profiling, info.rank, info.world_size, self.out / "profile",
                                          self.ckpt.storage if self.ckpt is not None else None)
+        for line in run_stats.describe(self.run_stats):
+            self.progress.message("%s", line)
 
     # --- construction ------------------------------------------------------------------------------------
 
@@ -515,6 +523,7 @@ class Trainer:
             "evals": st.evals,
             "throughput": _throughput(st.history),
             "batch_resizes": st.batch_resizes,
+            "run_stats": self.run_stats,
             "peak_memory": _peak_memory(),
         }
         if self.info.is_main:
