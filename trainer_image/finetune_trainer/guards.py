@@ -3,9 +3,8 @@
 ``StepGuard`` wraps each micro-batch's forward and backward for the training loop:
 
 - A step whose loss is NaN or infinite on any rank is not applied (its gradients are dropped, the learning-rate
-  schedule does not advance); after
-  ``hyperparameters.maxNonFiniteSteps`` such steps in a row the run stops with ``TrainingDiverged``, so it is
-  never exported or published. Steps the fp16 loss scaler skips (finite loss, overflowing gradients) are the
+  schedule does not advance); after ``hyperparameters.maxNonFiniteSteps`` such steps in a row the run stops with
+  ``TrainingDiverged``, so it is never exported or published. Steps the fp16 loss scaler skips (finite loss, overflowing gradients) are the
   scaler's own business and do not count.
 - CUDA out of memory stops the run with the batch shape and what to change (``OutOfMemory``), or, with
   ``hyperparameters.autoBatchSize``, halves the micro-batch and doubles the accumulation in place (``Resized``):
