@@ -4,8 +4,8 @@
 
 - A step whose loss is NaN or infinite on any rank is not applied (its gradients are dropped, the learning-rate
   schedule does not advance); after ``hyperparameters.maxNonFiniteSteps`` such steps in a row the run stops with
-  ``TrainingDiverged``, so it is never exported or published. Steps the fp16 loss scaler skips (finite loss, overflowing gradients) are the
-  scaler's own business and do not count.
+  ``TrainingDiverged``, so it is never exported or published. Steps the fp16 loss scaler skips (finite loss,
+  overflowing gradients) are the scaler's own business and do not count.
 - CUDA out of memory stops the run with the batch shape and what to change (``OutOfMemory``), or, with
   ``hyperparameters.autoBatchSize``, halves the micro-batch and doubles the accumulation in place (``Resized``):
   the same effective batch and the same optimizer state; the accumulation window is replayed at the new size.
