@@ -50,7 +50,7 @@ def test_run_then_serve_then_predict_then_sigterm(tmp_path, tiny_bert, sentiment
         "spec": {
             "model": {"name": str(tiny_bert)},
             "dataset": {"train": str(train), "validation": str(val)},
-            "hyperparameters": {"maxSteps": 30, "learningRate": 3e-3, "precision": "fp32", "maxSeqLength": 32},
+            "hyperparameters": {"epochs": 4, "learningRate": 3e-3, "precision": "fp32", "maxSeqLength": 32},
             "serving": {"repository": "models", "backend": "python"},  # relative, as in the README
         },
     }
