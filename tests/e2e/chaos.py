@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_operator.serve_local import server_command
+from finetune_trainer import triton_repo
 from tests.fixtures.triton import _die_with_parent, _grpc_live, free_port
 
 FAULTS = ("kill_worker", "kill_operator", "restart_s3", "restart_triton", "api_conflict", "drop_watches")
@@ -342,10 +343,7 @@ def claim_keys(repository: Path, model: str) -> dict[int, str | None]:
 
 def served_versions(repository: Path, model: str) -> list[int]:
     config = repository / model / "config.pbtxt"
-    if not config.is_file():
-        return []
-    match = re.search(r"specific\s*:?\s*\{\s*versions\s*:\s*\[([^\]]*)\]", config.read_text())
-    return [int(v) for v in re.findall(r"\d+", match.group(1))] if match else []
+    return triton_repo.served_versions(triton_repo.parse_config(config.read_text())) if config.is_file() else []
 
 
 def _written(folder: Path) -> bool:

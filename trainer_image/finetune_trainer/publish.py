@@ -49,6 +49,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import text_format
+
 from finetune_trainer import contract, triton_repo
 from finetune_trainer.errors import InputError
 from finetune_trainer.storage import LocalStorage, NotFoundError, Storage, StorageError, open_storage
@@ -142,10 +144,15 @@ def claims_in(keys: list[str], model: str) -> set[int]:
     return {int(m.group(1)) for k in keys if (m := pattern.match(k))}
 
 
-def served_versions(config_text: str) -> list[int]:
-    """The versions a config.pbtxt's ``specific`` policy lists (empty for other policies)."""
-    match = re.search(r"specific\s*:?\s*\{\s*versions\s*:\s*\[([^\]]*)\]", config_text)
-    return [int(v) for v in re.findall(r"\d+", match.group(1))] if match else []
+def served_config(storage: Storage, key: str) -> Any:
+    """The ModelConfig of the config.pbtxt at ``key``, or None where there is none (or it is not one: then the
+    model is treated as serving nothing yet, as Triton could not load it either)."""
+    if not storage.exists(key):
+        return None
+    try:
+        return triton_repo.parse_config(storage.get_bytes(key).decode())
+    except (text_format.ParseError, UnicodeDecodeError):
+        return None
 
 
 def published_under(storage: Storage, name: str, key: str, claimed: set[int], served: list[int]) -> int | None:
@@ -188,10 +195,9 @@ def check_compatible(storage: Storage, spec: triton_repo.ServingSpec) -> None:
                 f"model {spec.name} serves labels {labels}; this export has {list(spec.labels)}. "
                 "Publish it under a new --name; nothing was written"
             )
-    key = f"{spec.name}/config.pbtxt"
-    if storage.exists(key):
-        text = storage.get_bytes(key).decode()
-        served = re.findall(r'name:\s*"(input_ids|attention_mask|token_type_ids)"', text)
+    config = served_config(storage, f"{spec.name}/config.pbtxt")
+    if config is not None:
+        served = [i.name for i in config.input]
         if served and served != list(spec.inputs):
             raise PublishError(
                 f"model {spec.name} takes inputs {served}; this export takes {list(spec.inputs)}. "
@@ -340,9 +346,10 @@ def publish(
 
     config_key = f"{name}/config.pbtxt"
     previous: list[int] = []
-    if storage.exists(config_key):  # only a config publishes; folders without one (a rolled-back or killed
-        # publication, Triton's __pycache__ left in them) are taken numbers, never served versions
-        previous = served_versions(storage.get_bytes(config_key).decode()) or sorted(versions_in(keys, name))
+    if (config := served_config(storage, config_key)) is not None:  # only a config publishes; folders without
+        # one (a rolled-back or killed publication, Triton's __pycache__ left in them) are taken numbers, never
+        # served versions
+        previous = triton_repo.served_versions(config) or sorted(versions_in(keys, name))
     if key and (done := published_under(storage, name, key, claims_in(keys, name), previous)) is not None:
         spec = serving_spec(report, name, tuple(previous), **serving)
         _complete(storage, spec, backend)

@@ -20,7 +20,8 @@ The classifier, tokenizer and postprocess models are versioned in lockstep (vers
 same export), so the ensemble always serves a consistent latest set, and a client that wants version N calls
 the three models at version N itself (see ``finetune predict --version``).
 
-Every config.pbtxt rendered here parses as Triton's ``ModelConfig`` protobuf (tests check each variant).
+Every config.pbtxt is built as Triton's ``ModelConfig`` protobuf (tritonclient's ``model_config_pb2``) and written
+in its text format, and read back the same way (``parse_config``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from finetune_trainer import preprocessing
 
@@ -113,53 +118,58 @@ class ServingSpec:
 # ------------------------------------------------------------------------------------------ pbtxt pieces
 
 
-def _q(text: str) -> str:
-    return json.dumps(text)  # a JSON string literal is a valid protobuf text-format string
+def _tensor(tensors: Any, name: str, data_type: int, dims: Sequence[int], label_filename: str = "") -> None:
+    tensor = tensors.add(name=name, data_type=data_type, dims=list(dims))
+    if label_filename:
+        tensor.label_filename = label_filename
 
 
-def _tensor(name: str, data_type: str, dims: Sequence[int], extra: str = "") -> str:
-    dims_text = ", ".join(str(d) for d in dims)
-    return f"  {{\n    name: {_q(name)}\n    data_type: {data_type}\n    dims: [ {dims_text} ]{extra}\n  }}"
+def _parameters(config: mc.ModelConfig, params: dict[str, str]) -> None:
+    for key, value in params.items():
+        config.parameters[key].string_value = str(value)
 
 
-def _tensors(key: str, items: Sequence[str]) -> str:
-    return f"{key} [\n" + ",\n".join(items) + "\n]"
-
-
-def _parameters(params: dict[str, str]) -> str:
-    return "\n".join(
-        f"parameters {{\n  key: {_q(k)}\n  value: {{ string_value: {_q(str(v))} }}\n}}" for k, v in params.items()
-    )
-
-
-def version_policy(versions: Sequence[int]) -> str:
+def _version_policy(config: mc.ModelConfig, versions: Sequence[int]) -> None:
     """``specific`` for the listed versions; ``latest { num_versions: 1 }`` when none are listed."""
-    if not versions:
-        return "version_policy: { latest: { num_versions: 1 } }"
-    listed = ", ".join(str(v) for v in sorted(set(versions)))
-    return f"version_policy: {{ specific: {{ versions: [ {listed} ] }} }}"
+    if versions:
+        config.version_policy.specific.versions.extend(sorted(set(versions)))
+    else:
+        config.version_policy.latest.num_versions = 1
 
 
-def _dynamic_batching(spec: ServingSpec, wait: bool = True) -> str:
+def _dynamic_batching(config: mc.ModelConfig, spec: ServingSpec, wait: bool = True) -> None:
     """The classifier may wait ``max_queue_delay_us`` to fill a preferred batch; the cheap tokenizer and
     postprocess batch only what is already queued: a wait there would delay every text-in request."""
-    if not wait:
-        return "dynamic_batching {\n  max_queue_delay_microseconds: 0\n}"
-    sizes = ", ".join(str(s) for s in spec.preferred_batch_sizes if s <= spec.max_batch_size)
-    preferred = f"\n  preferred_batch_size: [ {sizes} ]" if sizes else ""
-    return f"dynamic_batching {{{preferred}\n  max_queue_delay_microseconds: {spec.max_queue_delay_us}\n}}"
+    batching = config.dynamic_batching
+    batching.SetInParent()
+    if wait:
+        batching.preferred_batch_size.extend(s for s in spec.preferred_batch_sizes if s <= spec.max_batch_size)
+        batching.max_queue_delay_microseconds = spec.max_queue_delay_us
 
 
-def _instances(spec: ServingSpec, kind: str | None = None) -> str:
-    return f"instance_group [\n  {{\n    count: {spec.instance_count}\n    kind: {kind or spec.instance_kind}\n  }}\n]"
+def _instances(config: mc.ModelConfig, spec: ServingSpec, kind: str | None = None) -> None:
+    kind_value = mc.ModelInstanceGroup.Kind.Value(kind or spec.instance_kind)
+    config.instance_group.add(count=spec.instance_count, kind=kind_value)
 
 
-def _token_tensors(spec: ServingSpec) -> list[str]:
-    return [_tensor(name, "TYPE_INT64", [-1]) for name in spec.inputs]
+def _token_tensors(tensors: Any, spec: ServingSpec) -> None:
+    for name in spec.inputs:
+        _tensor(tensors, name, mc.TYPE_INT64, [-1])
 
 
-def _header(name: str, kind: str, max_batch_size: int) -> str:
-    return f"name: {_q(name)}\n{kind}\nmax_batch_size: {max_batch_size}"
+def _text(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def parse_config(text: str) -> mc.ModelConfig:
+    """A config.pbtxt read back as Triton reads it; raises ``text_format.ParseError`` when it is not one."""
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def served_versions(config: mc.ModelConfig) -> list[int]:
+    """The versions a ``specific`` version policy lists (empty for other policies)."""
+    policy = config.version_policy
+    return sorted(policy.specific.versions) if policy.WhichOneof("policy_choice") == "specific" else []
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -170,88 +180,55 @@ def classifier_config(spec: ServingSpec, backend: str = "onnxruntime") -> str:
     ``python`` (the same model.onnx through onnxruntime inside Triton's Python backend)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-    kind = {
-        "onnxruntime": 'platform: "onnxruntime_onnx"\nbackend: "onnxruntime"',
-        "tensorrt": 'platform: "tensorrt_plan"\nbackend: "tensorrt"',
-        "python": 'backend: "python"',
-    }[backend]
-    parts = [
-        _header(spec.name, kind, spec.max_batch_size),
-        version_policy(spec.versions),
-        _tensors("input", _token_tensors(spec)),
-        _tensors("output", [_tensor("logits", "TYPE_FP32", [spec.num_labels], '\n    label_filename: "labels.txt"')]),
-        _dynamic_batching(spec),
-        _instances(spec, "KIND_GPU" if backend == "tensorrt" else None),
-    ]
+    platform = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "python": ""}[backend]
+    config = mc.ModelConfig(name=spec.name, platform=platform, backend=backend, max_batch_size=spec.max_batch_size)
+    _version_policy(config, spec.versions)
+    _token_tensors(config.input, spec)
+    _tensor(config.output, "logits", mc.TYPE_FP32, [spec.num_labels], "labels.txt")
+    _dynamic_batching(config, spec)
+    _instances(config, spec, "KIND_GPU" if backend == "tensorrt" else None)
     if backend == "tensorrt":
-        parts.append('default_model_filename: "model.plan"')
+        config.default_model_filename = "model.plan"
     elif backend == "onnxruntime":
-        parts.append('default_model_filename: "model.onnx"')
-    if backend == "python":
-        parts.append(_parameters({"onnx_file": "model.onnx", "intra_op_thread_count": str(spec.intra_op_threads)}))
-    return "\n".join(p for p in parts if p) + "\n"
+        config.default_model_filename = "model.onnx"
+    else:
+        _parameters(config, {"onnx_file": "model.onnx", "intra_op_thread_count": str(spec.intra_op_threads)})
+    return _text(config)
 
 
 def tokenizer_config(spec: ServingSpec) -> str:
     """config.pbtxt of the python-backend tokenizer: TEXT (and TEXT_PAIR) strings -> token id tensors."""
     names = model_names(spec.name)
-    inputs = [_tensor("TEXT", "TYPE_STRING", [1])]
+    config = mc.ModelConfig(name=names.tokenizer, backend="python", max_batch_size=spec.max_batch_size)
+    _version_policy(config, spec.versions)
+    _tensor(config.input, "TEXT", mc.TYPE_STRING, [1])
     if spec.text_pair:
-        inputs.append(_tensor("TEXT_PAIR", "TYPE_STRING", [1]))
-    params = {
+        _tensor(config.input, "TEXT_PAIR", mc.TYPE_STRING, [1])
+    _token_tensors(config.output, spec)
+    _dynamic_batching(config, spec, wait=False)
+    _instances(config, spec, "KIND_CPU")
+    _parameters(config, {
         "max_sequence_length": str(spec.max_sequence_length),
         "pad_token": spec.pad_token,
         "pad_token_id": str(spec.pad_token_id),
         "padding_side": spec.padding_side,
         "pad_to_multiple_of": str(spec.pad_to_multiple_of),
-    }
-    return (
-        "\n".join(
-            [
-                _header(names.tokenizer, 'backend: "python"', spec.max_batch_size),
-                version_policy(spec.versions),
-                _tensors("input", inputs),
-                _tensors("output", _token_tensors(spec)),
-                _dynamic_batching(spec, wait=False),
-                _instances(spec, "KIND_CPU"),
-                _parameters(params),
-            ]
-        )
-        + "\n"
-    )
+    })  # fmt: skip
+    return _text(config)
 
 
 def postprocess_config(spec: ServingSpec) -> str:
     """config.pbtxt of the python-backend postprocess: logits -> LABEL and PROBABILITIES (softmax/sigmoid)."""
     names = model_names(spec.name)
-    params = {"labels": json.dumps(list(spec.labels)), "task": spec.task, "threshold": str(spec.threshold)}
-    return (
-        "\n".join(
-            [
-                _header(names.postprocess, 'backend: "python"', spec.max_batch_size),
-                version_policy(spec.versions),
-                _tensors("input", [_tensor("logits", "TYPE_FP32", [spec.num_labels])]),
-                _tensors(
-                    "output",
-                    [
-                        _tensor("LABEL", "TYPE_STRING", [1]),
-                        _tensor("PROBABILITIES", "TYPE_FP32", [spec.num_labels], '\n    label_filename: "labels.txt"'),
-                    ],
-                ),
-                _dynamic_batching(spec, wait=False),
-                _instances(spec, "KIND_CPU"),
-                _parameters(params),
-            ]
-        )
-        + "\n"
-    )
-
-
-def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
-    lines = [f"    {{\n      model_name: {_q(model)}\n      model_version: -1"]
-    lines += [f"      input_map {{ key: {_q(k)} value: {_q(v)} }}" for k, v in inputs.items()]
-    lines += [f"      output_map {{ key: {_q(k)} value: {_q(v)} }}" for k, v in outputs.items()]
-    return "\n".join(lines) + "\n    }"
+    config = mc.ModelConfig(name=names.postprocess, backend="python", max_batch_size=spec.max_batch_size)
+    _version_policy(config, spec.versions)
+    _tensor(config.input, "logits", mc.TYPE_FP32, [spec.num_labels])
+    _tensor(config.output, "LABEL", mc.TYPE_STRING, [1])
+    _tensor(config.output, "PROBABILITIES", mc.TYPE_FP32, [spec.num_labels], "labels.txt")
+    _dynamic_batching(config, spec, wait=False)
+    _instances(config, spec, "KIND_CPU")
+    _parameters(config, {"labels": json.dumps(list(spec.labels)), "task": spec.task, "threshold": str(spec.threshold)})
+    return _text(config)
 
 
 def ensemble_config(spec: ServingSpec) -> str:
@@ -259,29 +236,22 @@ def ensemble_config(spec: ServingSpec) -> str:
     names = model_names(spec.name)
     text_inputs = {"TEXT": "TEXT"} | ({"TEXT_PAIR": "TEXT_PAIR"} if spec.text_pair else {})
     tokens = {name: name for name in spec.inputs}
-    steps = [
-        _step(names.tokenizer, text_inputs, tokens),
-        _step(names.classifier, tokens, {"logits": "logits"}),
-        _step(names.postprocess, {"logits": "logits"}, {"LABEL": "LABEL", "PROBABILITIES": "PROBABILITIES"}),
-    ]
-    inputs = [_tensor(k, "TYPE_STRING", [1]) for k in text_inputs]
-    outputs = [
-        _tensor("LABEL", "TYPE_STRING", [1]),
-        _tensor("PROBABILITIES", "TYPE_FP32", [spec.num_labels], '\n    label_filename: "labels.txt"'),
-    ]
-    return (
-        "\n".join(
-            [
-                _header(names.ensemble, 'platform: "ensemble"', spec.max_batch_size),
-                "version_policy: { latest: { num_versions: 1 } }",
-                _tensors("input", inputs),
-                _tensors("output", outputs),
-                "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}",
-                _parameters({"labels": json.dumps(list(spec.labels))}),
-            ]
-        )
-        + "\n"
-    )
+    config = mc.ModelConfig(name=names.ensemble, platform="ensemble", max_batch_size=spec.max_batch_size)
+    config.version_policy.latest.num_versions = 1
+    for name in text_inputs:
+        _tensor(config.input, name, mc.TYPE_STRING, [1])
+    _tensor(config.output, "LABEL", mc.TYPE_STRING, [1])
+    _tensor(config.output, "PROBABILITIES", mc.TYPE_FP32, [spec.num_labels], "labels.txt")
+    for model, inputs, outputs in (
+        (names.tokenizer, text_inputs, tokens),
+        (names.classifier, tokens, {"logits": "logits"}),
+        (names.postprocess, {"logits": "logits"}, {"LABEL": "LABEL", "PROBABILITIES": "PROBABILITIES"}),
+    ):
+        step = config.ensemble_scheduling.step.add(model_name=model, model_version=-1)
+        step.input_map.update(inputs)
+        step.output_map.update(outputs)
+    _parameters(config, {"labels": json.dumps(list(spec.labels))})
+    return _text(config)
 
 
 # ----------------------------------------------------------------------------------------------- layout
