@@ -7,7 +7,7 @@ ready and which versions it serves (model metadata). Only a ready model makes th
 
 from __future__ import annotations
 
-from finetune_operator.lifecycle import Served
+from finetune_operator.observed import Served
 from finetune_trainer.contract import triton_address
 
 

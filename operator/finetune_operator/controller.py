@@ -22,9 +22,11 @@ from typing import Any
 
 import kopf
 
-from finetune_operator import api, confirm, lifecycle, resources
+from finetune_operator import api, confirm, lifecycle, observed, resources
+from finetune_operator import status as status_model
 from finetune_operator.kube import Kube, KubeError
 from finetune_operator.metrics import METRICS, OperatorMetrics
+from finetune_operator.observed import Observed, PodView
 from finetune_operator.settings import Settings
 from finetune_trainer import contract
 from finetune_trainer.config import ConfigError
@@ -89,7 +91,7 @@ class Controller:
 
     # --- the loop -----------------------------------------------------------------------------------------
 
-    async def run(self, body: kopf.Body, pods: Mapping[Any, Iterable[lifecycle.PodView]], stopped: Any) -> None:
+    async def run(self, body: kopf.Body, pods: Mapping[Any, Iterable[PodView]], stopped: Any) -> None:
         """Reconcile one job until kopf stops this daemon (the job is deleted or the operator exits)."""
         key = (body.metadata.namespace, body.metadata.name)
         event = self.wakeups.setdefault(key, asyncio.Event())
@@ -112,7 +114,7 @@ class Controller:
             if self.wakeups.get(key) is event:
                 del self.wakeups[key]
 
-    async def step(self, body: kopf.Body, pods: list[lifecycle.PodView], memory: JobMemory) -> float | None:
+    async def step(self, body: kopf.Body, pods: list[PodView], memory: JobMemory) -> float | None:
         meta = body.metadata
         job_meta = lifecycle.JobMeta(meta.name, meta.namespace, meta.uid, int(meta.get("generation") or 1))
         spec = copy.deepcopy(dict(body.spec))
@@ -124,14 +126,14 @@ class Controller:
             finishing = any(p.component == resources.TRAINER and p.phase == "Succeeded" for p in pods)
             progress = await self.read_progress(job, meta.uid, memory, force=finishing)
         served = None
-        if job is not None and lifecycle.wants_confirmation(memory.status, pods):
+        if job is not None and observed.wants_confirmation(memory.status, pods):
             serving = job.spec.serving
             name = serving.model_name or job.metadata.name
-            version = lifecycle.published_version(memory.status, pods)
+            version = observed.published_version(memory.status, pods)
             served = await asyncio.to_thread(confirm.confirm, serving.triton_url, name, version)
         now = datetime.now(UTC)
-        observed = lifecycle.Observed(pods=pods, progress=progress, served=served)
-        decision = lifecycle.reconcile(job_meta, spec, memory.status, observed, now, self.settings)
+        seen = Observed(pods=pods, progress=progress, served=served)
+        decision = lifecycle.reconcile(job_meta, spec, memory.status, seen, now, self.settings)
         await self.apply(body, job_meta, decision, memory)
         return decision.requeue
 
@@ -163,7 +165,7 @@ class Controller:
         if decision.published_seconds is not None:
             self.metrics.publish_duration.observe(decision.published_seconds)
 
-    async def with_log_tail(self, namespace: str, pod: lifecycle.PodView, memory: JobMemory) -> lifecycle.PodView:
+    async def with_log_tail(self, namespace: str, pod: PodView, memory: JobMemory) -> PodView:
         """A failed pod without a termination message gets its log tail instead (what FallbackToLogsOnError
         gives): the trainer's `error:` line and torchrun's root-cause exit code are in it."""
         if pod.phase != "Failed" or pod.message or not pod.failed_container:
@@ -183,7 +185,7 @@ class Controller:
         if root is None:
             return None
         memory.progress_read = time.monotonic()
-        layout_uid = None if lifecycle.legacy_layout(memory.status) else uid
+        layout_uid = None if status_model.legacy_layout(memory.status) else uid
         key = contract.progress_key(job.metadata.namespace, job.metadata.name, layout_uid)
         memory.progress = await asyncio.to_thread(self._read_progress, root, key, job) or memory.progress
         return memory.progress

@@ -9,7 +9,7 @@ from typing import Any
 
 import kopf
 
-from finetune_operator import admission, api, lifecycle, settings, startup
+from finetune_operator import admission, api, observed, settings, startup
 from finetune_operator.controller import Controller
 from finetune_operator.metrics import METRICS
 from finetune_operator.resources import APP, JOB_LABEL, NAME_LABEL
@@ -42,7 +42,7 @@ async def jobs_by_namespace(namespace: str, name: str, status: kopf.Status, **_:
 @kopf.index("pods", **CHILD_PODS)
 async def pods_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     """Each job's pods, summarised, by (namespace, job)."""
-    return {(namespace, labels[JOB_LABEL]): lifecycle.pod_view(dict(body))}
+    return {(namespace, labels[JOB_LABEL]): observed.pod_view(dict(body))}
 
 
 @kopf.on.event("pods", **CHILD_PODS)

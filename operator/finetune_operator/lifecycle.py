@@ -17,16 +17,17 @@ and progress.json, asks Triton about the published model, and applies the decisi
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from finetune_operator import api, resources
 from finetune_operator import status as status_model
+from finetune_operator.observed import Failure, Observed, PodView, classify
 from finetune_operator.settings import Settings
 from finetune_operator.status import (
     CONDITION_TYPES,
+    CONDITIONS,
     EXPORTING,
     FAILED,
     PENDING,
@@ -35,6 +36,9 @@ from finetune_operator.status import (
     RUNNING,
     SUCCEEDED,
     SUSPENDED,
+    parse_time,
+    set_condition,
+    timestamp,
 )
 from finetune_trainer import contract
 from finetune_trainer.config import ConfigError
@@ -42,94 +46,6 @@ from finetune_trainer.config import ConfigError
 TRAINING = (PENDING, RUNNING, RESTARTING)
 TERMINAL = (SUCCEEDED, FAILED)
 
-# Where the failure summary of torchrun names the first failed worker's exit code.
-_ROOT_CAUSE = re.compile(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", re.S)
-
-
-# --- what is observed ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PodView:
-    """The facts of one child pod that the phase machine uses."""
-
-    name: str
-    component: str
-    attempt: int = 0
-    rank: int = 0
-    export: int = 0
-    phase: str = "Pending"
-    deleting: bool = False
-    exit_code: int | None = None
-    reason: str = ""
-    message: str = ""
-    running: tuple[str, ...] = ()
-    failed_container: str = ""
-
-    @property
-    def finished(self) -> bool:
-        return self.phase in ("Succeeded", "Failed")
-
-
-def pod_view(pod: dict[str, Any]) -> PodView:
-    """Summarise a Pod object (as the API returns it) into a PodView."""
-    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-    lbl = meta.get("labels") or {}
-    exit_code, reason, message = None, status.get("reason") or "", status.get("message") or ""
-    running, failed = [], ""
-    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
-        state = cs.get("state") or {}
-        if "running" in state:
-            running.append(cs.get("name", ""))
-        term = state.get("terminated")
-        if not term or (exit_code not in (None, 0) and term.get("exitCode", 0) == 0):
-            continue
-        exit_code = term.get("exitCode")
-        reason = term.get("reason") or reason
-        message = term.get("message") or message
-        if exit_code != 0:
-            failed = cs.get("name", "")
-    return PodView(
-        name=meta.get("name", ""),
-        component=lbl.get(resources.COMPONENT_LABEL, ""),
-        attempt=_int(lbl.get(resources.ATTEMPT_LABEL)),
-        rank=_int(lbl.get(resources.RANK_LABEL)),
-        export=_int(lbl.get(resources.EXPORT_LABEL)),
-        phase=status.get("phase") or "Pending",
-        deleting=bool(meta.get("deletionTimestamp")),
-        exit_code=exit_code,
-        reason=reason,
-        message=message,
-        running=tuple(running),
-        failed_container=failed,
-    )
-
-
-def _int(raw: str | None) -> int:
-    try:
-        return int(raw or 0)
-    except ValueError:
-        return 0
-
-
-@dataclass(frozen=True)
-class Served:
-    """What Triton says about the published model (confirm.py)."""
-
-    ready: bool
-    name: str
-    version: int | None = None
-    endpoint: str | None = None
-    message: str = ""
-
-
-@dataclass
-class Observed:
-    """Everything the caller saw this time: the job's pods, its progress file, the served model."""
-
-    pods: list[PodView] = field(default_factory=list)
-    progress: dict[str, Any] | None = None
-    served: Served | None = None
 
 
 @dataclass(frozen=True)
@@ -161,81 +77,6 @@ class JobMeta:
     generation: int = 1
 
 
-# --- failure classification ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Failure:
-    permanent: bool
-    reason: str
-    message: str
-
-
-def classify(pod: PodView) -> Failure | None:
-    """Why a pod failed, and whether retrying can help; None when it has not failed."""
-    if pod.deleting:
-        return Failure(False, "PodDeleted", f"pod {pod.name} was deleted")
-    if pod.reason in ("Evicted", "Preempting") or pod.phase == "Unknown" or pod.reason == "NodeLost":
-        why = "NodeLost" if pod.phase == "Unknown" or pod.reason == "NodeLost" else "Evicted"
-        return Failure(False, why, f"pod {pod.name}: {pod.message or why}")
-    if pod.phase != "Failed":
-        return None
-    code = pod.exit_code
-    said = contract.parse_termination(pod.message)  # the trainer's own lines; a log tail holds them too
-    root = _ROOT_CAUSE.search(pod.message or "")
-    worker_code = said.exit_code if said.exit_code is not None else int(root.group(1)) if root else code
-    if code in contract.PERMANENT_EXITS or worker_code in contract.PERMANENT_EXITS:
-        text = said.error or f"exit code {worker_code} (bad input); see `finetune logs`"
-        return Failure(True, "InvalidInput", f"pod {pod.name}: {text}")
-    if pod.reason == "OOMKilled":
-        return Failure(False, "OOMKilled", f"pod {pod.name} ran out of memory")
-    if code in contract.SIGNAL_EXITS or worker_code in contract.SIGNAL_EXITS:
-        return Failure(False, "Killed", f"pod {pod.name} was stopped by a signal (exit code {code})")
-    tail = f": {said.error}" if said.error else ""
-    return Failure(False, "WorkerFailed", f"pod {pod.name} failed with exit code {code}{tail}")
-
-
-# --- helpers ------------------------------------------------------------------------------------------------
-
-
-def timestamp(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(raw: str | None) -> datetime | None:
-    if not raw:
-        return None
-    return datetime.strptime(raw, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-
-
-CONDITIONS = {
-    # phase -> (condition type that is True, reason); every other type of this list turns False.
-    PENDING: ("Training", "Starting"),
-    RUNNING: ("Training", "Running"),
-    RESTARTING: ("Training", "Restarting"),
-    EXPORTING: ("Publishing", "Exporting"),
-    PUBLISHING: ("Publishing", "Publishing"),
-    SUCCEEDED: ("Succeeded", "Succeeded"),
-    FAILED: ("Failed", "Failed"),
-    SUSPENDED: ("Suspended", "Suspended"),
-}
-
-
-def set_condition(status: dict, kind: str, value: bool, reason: str, message: str, now: str, generation: int) -> None:
-    conditions = status.setdefault("conditions", [])
-    new = "True" if value else "False"
-    for cond in conditions:
-        if cond.get("type") == kind:
-            if cond.get("status") != new:
-                cond["lastTransitionTime"] = now
-            cond.update(status=new, reason=reason, message=message, observedGeneration=generation)
-            return
-    conditions.append(
-        {"type": kind, "status": new, "reason": reason, "message": message, "lastTransitionTime": now,
-         "observedGeneration": generation}
-    )  # fmt: skip
-
-
 class _Machine:
     """One reconcile: mutates a copy of the status and collects actions into a Decision."""
 
@@ -244,7 +85,7 @@ class _Machine:
         self.d = Decision(status=copy.deepcopy(status or {}))
         self.s = self.d.status
         self.job: api.FineTuneJob | None = None
-        self.legacy_layout = legacy_layout(status)
+        self.legacy_layout = status_model.legacy_layout(status)
 
     # -- small actions --
 
@@ -565,32 +406,3 @@ def reconcile(meta: JobMeta, spec: Any, status: dict | None, observed: Observed,
     decision = _Machine(meta, status_model.read(status), observed, now, settings).run(spec)
     decision.status = status_model.checked(decision.status)
     return decision
-
-
-def legacy_layout(status: dict | None) -> bool:
-    """Whether an operator from before the uid-keyed storage layout started this job (it has a phase but no
-    ``status.storage``): its checkpoints stay under ``<storage>/<namespace>/<name>``."""
-    status = status or {}
-    return bool(status.get("phase")) and not status.get("storage")
-
-
-def wants_confirmation(status: dict | None, pods: list[PodView]) -> bool:
-    """Whether the caller should ask Triton about the published model before reconciling."""
-    return _published_pod(status, pods) is not None
-
-
-def published_version(status: dict | None, pods: list[PodView]) -> int | None:
-    """The version the current export pod's publish step wrote (its termination message), or None when it did
-    not say (an older trainer image): then the newest served version is taken."""
-    pod = _published_pod(status, pods)
-    record = contract.parse_termination(pod.message).published if pod else None
-    return record["version"] if record else None
-
-
-def _published_pod(status: dict | None, pods: list[PodView]) -> PodView | None:
-    status = status or {}
-    if status.get("phase") not in (EXPORTING, PUBLISHING):
-        return None
-    n = int(status.get("exportAttempt") or 1)
-    return next((p for p in pods if p.component == resources.EXPORTER and p.export == n and p.phase == "Succeeded"),
-                None)  # fmt: skip

@@ -5,6 +5,7 @@ being stored, and a NaN or an infinity (which an API server refuses with 400) ca
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -72,6 +73,54 @@ class FineTuneJobStatus(Section):
     retry_after: Time | None = Field(None, description="Earliest time the next worker group or export try may start.")
     export_attempt: int = Field(0, ge=0)
     export_start_time: Time | None = None
+
+
+# --- conditions and times, as the phase machine writes them ---------------------------------------------------
+
+
+def timestamp(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(raw: str | None) -> datetime | None:
+    if not raw:
+        return None
+    return datetime.strptime(raw, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+CONDITIONS = {
+    # phase -> (condition type that is True, reason); every other type of this list turns False.
+    PENDING: ("Training", "Starting"),
+    RUNNING: ("Training", "Running"),
+    RESTARTING: ("Training", "Restarting"),
+    EXPORTING: ("Publishing", "Exporting"),
+    PUBLISHING: ("Publishing", "Publishing"),
+    SUCCEEDED: ("Succeeded", "Succeeded"),
+    FAILED: ("Failed", "Failed"),
+    SUSPENDED: ("Suspended", "Suspended"),
+}
+
+
+def set_condition(status: dict, kind: str, value: bool, reason: str, message: str, now: str, generation: int) -> None:
+    conditions = status.setdefault("conditions", [])
+    new = "True" if value else "False"
+    for cond in conditions:
+        if cond.get("type") == kind:
+            if cond.get("status") != new:
+                cond["lastTransitionTime"] = now
+            cond.update(status=new, reason=reason, message=message, observedGeneration=generation)
+            return
+    conditions.append(
+        {"type": kind, "status": new, "reason": reason, "message": message, "lastTransitionTime": now,
+         "observedGeneration": generation}
+    )  # fmt: skip
+
+
+def legacy_layout(status: dict | None) -> bool:
+    """Whether an operator from before the uid-keyed storage layout started this job (it has a phase but no
+    ``status.storage``): its checkpoints stay under ``<storage>/<namespace>/<name>``."""
+    status = status or {}
+    return bool(status.get("phase")) and not status.get("storage")
 
 
 _FIELDS = {field.alias or name for name, field in FineTuneJobStatus.model_fields.items()}

@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from finetune_operator import lifecycle as L
-from finetune_operator.lifecycle import Observed, PodView, Served
+from finetune_operator.observed import (
+    Observed,
+    PodView,
+    Served,
+    classify,
+    pod_view,
+    published_version,
+    wants_confirmation,
+)
 from finetune_operator.settings import Settings
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -263,8 +271,8 @@ def test_training_done_exports_then_publishes_and_succeeds_when_triton_serves_th
     s = spec(serving=SERVING)
     d2 = step(d.status, [*DONE, exporter(running=("publish",))], at=20, s=s)
     assert d2.status["phase"] == "Publishing"
-    assert not L.wants_confirmation(d2.status, [exporter(running=("publish",))])
-    assert L.wants_confirmation(d2.status, [exporter(phase="Succeeded")])
+    assert not wants_confirmation(d2.status, [exporter(running=("publish",))])
+    assert wants_confirmation(d2.status, [exporter(phase="Succeeded")])
     d3 = step(d2.status, [*DONE, exporter(phase="Succeeded")], at=25, s=s,
               served=Served(ready=False, name="sent", message="loading"))  # fmt: skip
     assert d3.status["phase"] == "Publishing" and d3.requeue
@@ -279,10 +287,10 @@ def test_training_done_exports_then_publishes_and_succeeds_when_triton_serves_th
 def test_the_version_to_confirm_is_the_one_the_publish_step_reported() -> None:
     d = exporting()
     said = 'published: {"name":"sent","version":4,"reused":true}'
-    assert L.published_version(d.status, [exporter(phase="Succeeded", exit_code=0, message=said)]) == 4
-    assert L.published_version(d.status, [exporter(phase="Succeeded", exit_code=0)]) is None  # older image
-    assert L.published_version(d.status, [exporter(2, phase="Succeeded", message=said)]) is None  # not the current try
-    assert L.published_version(d.status, [exporter(phase="Succeeded", message="published: {broken")]) is None
+    assert published_version(d.status, [exporter(phase="Succeeded", exit_code=0, message=said)]) == 4
+    assert published_version(d.status, [exporter(phase="Succeeded", exit_code=0)]) is None  # older image
+    assert published_version(d.status, [exporter(2, phase="Succeeded", message=said)]) is None  # not the current try
+    assert published_version(d.status, [exporter(phase="Succeeded", message="published: {broken")]) is None
 
 
 def test_publication_that_never_becomes_ready_fails_after_the_timeout() -> None:
@@ -365,6 +373,6 @@ def test_pod_view_reads_exit_codes_and_messages_from_container_statuses() -> Non
             ],
         },
     }
-    view = L.pod_view(pod)
+    view = pod_view(pod)
     assert (view.component, view.export, view.exit_code, view.failed_container) == ("exporter", 1, 2, "publish")
-    assert L.classify(view).permanent
+    assert classify(view).permanent
