@@ -52,17 +52,14 @@ from typing import Any
 from google.protobuf import text_format
 
 from finetune_trainer import contract, triton_repo
-from finetune_trainer.errors import InputError
+from finetune_trainer.errors import InputError, PublishError
 from finetune_trainer.storage import LocalStorage, NotFoundError, Storage, StorageError, open_storage
+from finetune_trainer.triton_load import check_triton, load_and_check, reason, reload
 
 log = logging.getLogger(__name__)
 
 CLAIMS = ".claims"
 VARIANTS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
-
-
-class PublishError(RuntimeError):
-    """Publication failed; the message says what failed and whether the repository was left unchanged."""
 
 
 @dataclass
@@ -205,89 +202,6 @@ def check_compatible(storage: Storage, spec: triton_repo.ServingSpec) -> None:
             )
 
 
-# ------------------------------------------------------------------------------------------------- triton
-
-
-def triton_client(url: str) -> Any:
-    """A tritonclient for ``http://host:port``, ``host:port`` (HTTP) or ``grpc://host:port``."""
-    where = contract.triton_address(url)
-    if where.protocol == "grpc":
-        import tritonclient.grpc as grpcclient
-
-        return grpcclient.InferenceServerClient(where.address)
-    import tritonclient.http as httpclient
-
-    return httpclient.InferenceServerClient(where.address, ssl=where.ssl, network_timeout=120, connection_timeout=10)
-
-
-def check_triton(url: str) -> Any:
-    """A client for a live Triton, or PublishError before anything is written."""
-    try:
-        client = triton_client(url)
-        if not client.is_server_live():
-            raise PublishError(f"Triton at {url} is not live; nothing was written")
-    except PublishError:
-        raise
-    except Exception as e:  # tritonclient raises its own, gevent's and socket errors for a server that is down
-        raise PublishError(f"Triton at {url} is not reachable ({_reason(e)}); nothing was written") from None
-    return client
-
-
-def _reason(e: BaseException) -> str:
-    text = getattr(e, "message", None)
-    text = text() if callable(text) else text
-    return f"{type(e).__name__}: {text or e}"
-
-
-def load(client: Any, model: str, attempts: int, delay: float) -> None:
-    """load_model with retries (a busy server, a repository that is still syncing)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            client.load_model(model)
-            return
-        except Exception as e:
-            if attempt == attempts:
-                raise PublishError(f"Triton could not load {model}: {_reason(e)}") from None
-            log.warning("load %s failed (%s); retry %d/%d", model, _reason(e), attempt, attempts - 1)
-            time.sleep(delay * attempt)
-
-
-def confirm(client: Any, spec: triton_repo.ServingSpec, version: int) -> dict[str, Any]:
-    """Version ``version`` of every model is ready and its metadata is what was published."""
-    names = triton_repo.model_names(spec.name)
-    metadata: dict[str, Any] = {}
-    for model in names.all():
-        v = str(triton_repo.ENSEMBLE_VERSION if model == names.ensemble else version)
-        if not client.is_model_ready(model, v):
-            raise PublishError(f"Triton loaded {model} but version {v} is not ready")
-        meta = client.get_model_metadata(model, v)
-        meta = meta if isinstance(meta, dict) else _grpc_dict(meta)
-        metadata[model] = meta
-        if v not in meta.get("versions", [v]):
-            raise PublishError(f"Triton serves {model} versions {meta.get('versions')}, not {v}")
-    inputs = [i["name"] for i in metadata[names.classifier]["inputs"]]
-    outputs = [o["name"] for o in metadata[names.classifier]["outputs"]]
-    if inputs != list(spec.inputs) or outputs != ["logits"]:
-        raise PublishError(
-            f"Triton's metadata for {spec.name}: inputs {inputs}, outputs {outputs}; expected "
-            f"{list(spec.inputs)} -> ['logits']"
-        )
-    return metadata
-
-
-def serve(client: Any, spec: triton_repo.ServingSpec, version: int, attempts: int, delay: float) -> dict[str, Any]:
-    """Load every model of ``spec`` in Triton, then confirm ``version``; Triton's metadata per model."""
-    for model in triton_repo.model_names(spec.name).all():
-        load(client, model, attempts, delay)
-    return confirm(client, spec, version)
-
-
-def _grpc_dict(message: Any) -> dict[str, Any]:
-    from google.protobuf.json_format import MessageToDict
-
-    return MessageToDict(message, preserving_proto_field_name=True)
-
-
 # ------------------------------------------------------------------------------------------------ publish
 
 
@@ -393,20 +307,20 @@ def publish(
             storage.put_bytes(key, data)
         result = PublishResult(repository, name, new, asdict(names), served, triton_url)
         if client is not None:
-            result.metadata = serve(client, spec, new, load_attempts, retry_delay)
+            result.metadata = load_and_check(client, spec, new, load_attempts, retry_delay)
             result.ready = True
     except Exception as e:  # whatever failed, no config lists the new version any more
         listed = bool(saved)  # a config naming it was (or may have been) written: a Triton may be loading it
         restored = _rollback(storage, [] if listed else written, saved)
         if client is not None:
-            _reload(client, names, existed={k.split("/")[0] for k, v in saved.items() if v is not None})
+            reload(client, names, existed={k.split("/")[0] for k, v in saved.items() if v is not None})
         if not restored:
             state = "restoring the repository failed: check it by hand"
         elif listed:
             state = f"the previous configs were restored; version {new} stays unlisted (its number is spent)"
         else:
             state = "the repository was restored"
-        raise PublishError(f"publishing {name} version {new} to {repository} failed: {_reason(e)}; {state}") from None
+        raise PublishError(f"publishing {name} version {new} to {repository} failed: {reason(e)}; {state}") from None
     log.info("published %s version %d to %s (serving %s)", name, new, repository, served)
     return result
 
@@ -440,10 +354,10 @@ def _confirm_existing(
     if client is None:
         return result
     try:
-        result.metadata = serve(client, spec, version, attempts, delay)
+        result.metadata = load_and_check(client, spec, version, attempts, delay)
     except Exception as e:
         raise PublishError(
-            f"{spec.name} version {version} (published earlier under this key) is not served: {_reason(e)}; "
+            f"{spec.name} version {version} (published earlier under this key) is not served: {reason(e)}; "
             "nothing was written"
         ) from None
     result.ready = True
@@ -470,18 +384,6 @@ def _rollback(storage: Storage, written: list[str], saved: dict[str, bytes | Non
     except StorageError as e:
         log.error("rollback failed: %s", e)
         return False
-
-
-def _reload(client: Any, names: triton_repo.ModelNames, existed: set[str]) -> None:
-    """Bring Triton back to the restored repository: reload what existed, unload what did not."""
-    for model in reversed(names.all()):
-        try:
-            if model in existed:
-                client.load_model(model)
-            else:
-                client.unload_model(model)
-        except Exception as e:
-            log.warning("could not restore %s in Triton: %s", model, _reason(e))
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
