@@ -248,8 +248,9 @@ PACKAGES = [ROOT / "operator" / "finetune_operator", ROOT / "trainer_image" / "f
 
 
 def test_only_the_publish_step_calls_triton_model_control() -> None:
-    """load_model/unload_model (and raw /v2/repository calls) appear only in finetune_trainer/publish.py, which
-    runs in the export pod the operator creates; the operator itself only asks readiness and metadata."""
+    """load_model/unload_model (and raw /v2/repository calls) appear only in finetune_trainer/triton_load.py (the
+    publish step's Triton side), which runs in the export pod the operator creates; the operator itself only asks
+    readiness and metadata."""
     callers = set()
     for package in PACKAGES:
         for path in package.rglob("*.py"):
@@ -261,7 +262,7 @@ def test_only_the_publish_step_calls_triton_model_control() -> None:
                     callers.add(str(path.relative_to(package.parent)))
                 if isinstance(node, ast.Constant) and isinstance(node.value, str) and "v2/repository" in node.value:
                     callers.add(str(path.relative_to(package.parent)))
-    assert callers == {"finetune_trainer/publish.py"}, callers
+    assert callers == {"finetune_trainer/triton_load.py"}, callers
     j = job("sent", "team-a", serving=SERVING)
     publishers = [
         c["name"]

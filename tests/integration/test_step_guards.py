@@ -39,7 +39,7 @@ def run(cfg: TrainerConfig, pre_hook=None, post_hook=None) -> tuple[Trainer, dic
         if post_hook is not None:
             trainer.model.register_forward_hook(post_hook)
         try:
-            return trainer, trainer.fit()
+            return trainer, trainer.run()
         except Exception as e:
             return trainer, e
         finally:

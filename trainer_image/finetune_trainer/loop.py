@@ -309,7 +309,8 @@ class Trainer:
             due = True
         return dist.any_flag(due, self.info) if ck.every_minutes else due
 
-    def fit(self) -> dict[str, Any]:
+    def run(self) -> dict[str, Any]:
+        """The training loop from the current state to the final save; the final metrics."""
         hp, st, info = self.hp, self.state, self.info
         module = self.ddp or self.model
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -604,7 +605,7 @@ def fit(cfg: TrainerConfig) -> dict[str, Any]:
         trainer = Trainer(cfg, info, prepared)
         try:
             trainer.resume()
-            return trainer.fit()
+            return trainer.run()
         finally:
             trainer.close()
     finally:
