@@ -50,7 +50,8 @@ def test_run_then_serve_then_predict_then_sigterm(tmp_path, tiny_bert, sentiment
         "spec": {
             "model": {"name": str(tiny_bert)},
             "dataset": {"train": str(train), "validation": str(val)},
-            "hyperparameters": {"epochs": 4, "learningRate": 3e-3, "precision": "fp32", "maxSeqLength": 32},
+            "hyperparameters": {"epochs": 4, "learningRate": 3e-3, "precision": "fp32", "maxSeqLength": 32,
+                                "truncation": "head_tail", "headTokens": 8},
             "serving": {"repository": "models", "backend": "python"},  # relative, as in the README
         },
     }
@@ -59,6 +60,9 @@ def test_run_then_serve_then_predict_then_sigterm(tmp_path, tiny_bert, sentiment
     done = subprocess.run([FINETUNE, "run", "job.yaml", "--runs", "runs"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+    # The served tokenizer encodes as the job trained: once, every published model kept the first 512 tokens.
+    served = json.loads((tmp_path / "models" / "reviews_tokenizer" / "1" / "preprocessing.json").read_text())
+    assert (served["max_length"], served["truncation"], served["head_tokens"]) == (32, "head_tail", 8)
 
     http, grpc, metrics = free_port(), free_port(), free_port()
     log = (tmp_path / "serve.log").open("wb")
