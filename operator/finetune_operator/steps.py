@@ -34,7 +34,12 @@ def trainer_config(job: api.FineTuneJob, output_dir: str, *, checkpoint_storage:
 
 
 def export_args(job: api.FineTuneJob, model_dir: str, out_dir: str) -> list[str]:
-    """``python -m finetune_trainer`` arguments that export the trained model in ``model_dir``."""
+    """``python -m finetune_trainer`` arguments that export the trained model in ``model_dir``.
+
+    No preprocessing is passed: the export reads the definition training recorded beside the model
+    (``preprocessing.json``: max length, truncation, head tokens, cleaning, text pair), so the served tokenizer
+    cannot drift from the job. ``--text-pair`` only matters for a model folder trained before it was recorded.
+    """
     args = ["export", "--model", model_dir, "--out", out_dir]
     if job.spec.serving.quantize:
         args.append("--int8")
