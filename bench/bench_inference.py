@@ -166,7 +166,6 @@ def triton_bench(export_dir: Path, texts: list[str], runs: int, clients: int, pe
     from finetune_trainer.publish import publish
     from tests.fixtures.triton import launch
 
-    os.environ.setdefault("FINETUNE_TRITON_NUMPY", str(ROOT / ".cache" / "triton-numpy"))
     work = Path(tempfile.mkdtemp(prefix="bench-triton-"))
     (work / "repo").mkdir()
     server = launch(find_tritonserver(work / "install"), work / "repo", work / "tritonserver.log")
