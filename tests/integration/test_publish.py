@@ -142,10 +142,12 @@ def test_predict_command_prints_labels(served, expected, capsys, grpc, version):
     ]
     assert predict_cli.run(parser.parse_args([*argv, *TEXTS])) == 0
     lines = capsys.readouterr().out.splitlines()
+    # label, confidence, every probability, text
     assert [line.split("\t")[0] for line in lines] == list(expected["labels"])
-    assert [line.split("\t")[2] for line in lines] == TEXTS
-    first = dict(kv.split("=") for kv in lines[0].split("\t")[1].split())
+    assert [line.split("\t")[3] for line in lines] == TEXTS
+    first = dict(kv.split("=") for kv in lines[0].split("\t")[2].split())
     assert float(first["positive"]) == pytest.approx(float(expected["probabilities"][0][1]), abs=1e-3)
+    assert float(lines[0].split("\t")[1]) == pytest.approx(float(expected["probabilities"][0].max()), abs=1e-3)
 
 
 def test_predict_reports_an_unknown_model(served, capsys):

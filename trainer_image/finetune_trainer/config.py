@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.alias_generators import to_camel
 
 from finetune_trainer.errors import InputError
+from finetune_trainer.preprocessing import CLEANING_STEPS
 
 
 class Section(BaseModel):
@@ -134,6 +135,9 @@ class HubSplits(Section):
     test: str | None = Field(None, description="Split read for the test set (default: test, where it exists).")
 
 
+CleaningStep = StrEnum("CleaningStep", {name: name for name in CLEANING_STEPS})
+
+
 class DatasetSpec(Section):
     """Where the labelled text comes from and which columns mean what."""
 
@@ -165,6 +169,11 @@ class DatasetSpec(Section):
     max_train_samples: int | None = Field(None, ge=1, description="Use at most this many training rows.")
     max_eval_samples: int | None = Field(
         None, ge=1, description="Evaluate on at most this many rows (validation and test)."
+    )
+    cleaning: list[CleaningStep] = Field(
+        default_factory=list,
+        description="Text normalisations applied in this order before tokenizing, recorded with the model and "
+        "applied unchanged by evaluation, export, serving and predict: " + ", ".join(CLEANING_STEPS) + ".",
     )
     augmentation: AugmentationSpec | None = Field(
         None, description="Add augmented copies of the training examples (the training split only)."

@@ -235,7 +235,7 @@ def preprocessing_of(spec: DatasetSpec, hp: Hyperparameters) -> Preprocessing:
     """The job's preprocessing definition, recorded with the model and used by every later encoding."""
     return Preprocessing(
         max_length=hp.max_seq_length, truncation=str(hp.truncation), head_tokens=hp.head_tokens,
-        text_pair=spec.text_pair_column is not None,
+        text_pair=spec.text_pair_column is not None, cleaning=tuple(spec.cleaning),
     )
 
 

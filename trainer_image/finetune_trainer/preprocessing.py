@@ -13,8 +13,11 @@ str to str) and a job may name it; the names are recorded, so serving applies th
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,8 +26,54 @@ FILE = "preprocessing.json"
 FORMAT_VERSION = 1
 TRUNCATIONS = ("head", "tail", "head_tail")
 
-# Named text normalisations, applied in the recorded order before tokenization.
-CLEANING_STEPS: dict[str, Callable[[str], str]] = {}
+_TAG = re.compile(r"<[^>]+>")
+_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+_SYMBOL = re.compile(r"[^\w\s@#$]")  # \w: letters and digits of every script, and "_"
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_SPACE = re.compile(r"\s+")
+
+
+def nfkc(text: str) -> str:
+    """Unicode NFKC: full-width letters and digits to ASCII, compatibility forms (ligatures, ...) unified."""
+    return unicodedata.normalize("NFKC", text)
+
+
+def lowercase(text: str) -> str:
+    """Lower case, for text whose case carries no meaning."""
+    return text.lower()
+
+
+def strip_html(text: str) -> str:
+    """HTML tags out (each becomes a space), entities decoded: ``good<br />fun &amp; long`` -> ``good fun & long``."""
+    return html.unescape(_TAG.sub(" ", text))
+
+
+def strip_urls(text: str) -> str:
+    """Web addresses (``http://``, ``https://``, ``www.``) out, each becomes a space."""
+    return _URL.sub(" ", text)
+
+
+def join_thousands(text: str) -> str:
+    """Thousands separators between digits out: ``1,000`` -> ``1000``, ``12,345,678`` -> ``12345678``."""
+    return _THOUSANDS.sub("", text)
+
+
+def strip_symbols(text: str) -> str:
+    """Every character that is not a letter, digit, whitespace, ``@``, ``#``, ``$`` or ``_`` out (punctuation and
+    emoji too): ``Great!!! :-) #win @bob $5`` -> ``Great  #win @bob $5``."""
+    return _SYMBOL.sub("", text)
+
+
+def normalize_whitespace(text: str) -> str:
+    """Runs of spaces, tabs and newlines to one space, none at either end."""
+    return _SPACE.sub(" ", text).strip()
+
+
+# Named text normalisations, applied in the recorded order before tokenization (docs/recipes.md).
+CLEANING_STEPS: dict[str, Callable[[str], str]] = {
+    f.__name__: f
+    for f in (nfkc, lowercase, strip_html, strip_urls, join_thousands, strip_symbols, normalize_whitespace)
+}
 
 
 def clean(text: str, steps: Sequence[str]) -> str:

@@ -11,7 +11,7 @@ One publication of name ``NAME`` is four Triton models (``model_names``)::
       <N>/model.py, tokenizer.json, preprocessing.json, preprocessing.py (the trainer's encoder), ...
     NAME_postprocess/         python backend: logits -> LABEL (string) and PROBABILITIES
       config.pbtxt
-      <N>/model.py
+      <N>/model.py, postprocessing.py (the trainer's, shared with offline prediction)
     NAME_text/                ensemble: TEXT -> tokenizer -> classifier -> postprocess -> LABEL, PROBABILITIES
       config.pbtxt
       1/                      an ensemble has one version; it runs the latest version of each step
@@ -309,6 +309,10 @@ def version_files(
     ).read_bytes()
     files[f"{names.tokenizer}/{v}/model.py"] = template("tokenizer")
     files[f"{names.postprocess}/{v}/model.py"] = template("postprocess")
+    # The postprocess runs the trainer's own postprocessing module, copied beside it (Triton has no trainer).
+    files[f"{names.postprocess}/{v}/postprocessing.py"] = (
+        resources.files("finetune_trainer").joinpath("postprocessing.py").read_bytes()
+    )
     return files
 
 
