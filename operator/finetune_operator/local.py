@@ -64,7 +64,7 @@ def preflight(cfg: TrainerConfig) -> None:
     ds = cfg.dataset
     check_sequence_length(cfg.model, cfg.hyperparameters, cache)
     roles = load_roles(ds, cfg.task, cfg.hyperparameters.seed, cache)
-    names = D.label_names_from([roles.train], ds, cfg.task)
+    names = roles.label_names
     for split in (roles.train, roles.validation, roles.test):
         if split is not None:
             D.encode_labels(split, names, cfg.task)

@@ -83,7 +83,7 @@ def prepare_data(cfg: TrainerConfig, cache_dir: Path) -> Prepared:
     check_sequence_length(cfg.model, hp, cache_dir)
     roles = load_roles(ds, task, hp.seed, cache_dir)
     train, val, test = roles.train, roles.validation, roles.test
-    names = D.label_names_from([train], ds, task)
+    names = roles.label_names
     if task.type != TaskType.REGRESSION:
         if task.num_labels is not None and len(names) != task.num_labels:
             raise InputError(f"task.numLabels is {task.num_labels} but the training data has {len(names)} labels")

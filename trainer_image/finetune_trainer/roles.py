@@ -29,6 +29,7 @@ class Roles:
     train: D.TextSplit
     validation: D.TextSplit
     test: D.TextSplit | None
+    label_names: list[str]  # from the whole training source, before anything is held out of it
 
 
 def available_splits(source: str, field: str, cache_dir: Path) -> list[str] | None:
@@ -61,6 +62,10 @@ def load_roles(spec: DatasetSpec, task: TaskSpec, seed: int, cache_dir: Path) ->
     """Train, validation and test text for the job (see the module docstring for the order)."""
     train_splits = available_splits(spec.train, "dataset.train", cache_dir)
     train = _load("train", spec.train, spec, cache_dir, train_splits)
+    # Labels are named and checked over the whole file first, so an error names the file's own row and a class
+    # whose only rows are held out still counts.
+    label_names = D.label_names_from([train], spec, task)
+    D.encode_labels(train, label_names, task)
     stratify = task.type == TaskType.SINGLE_LABEL
     if spec.test:
         test = _load("test", spec.test, spec, cache_dir, available_splits(spec.test, "dataset.test", cache_dir))
@@ -77,7 +82,8 @@ def load_roles(spec: DatasetSpec, task: TaskSpec, seed: int, cache_dir: Path) ->
         if val is None:
             train, val = hold_out(train, spec.validation_split, seed, stratify, "validation")
     limit = spec.max_eval_samples
-    return Roles(train, D.limit(val, limit, seed), D.limit(test, limit, seed) if test is not None else None)
+    held = D.limit(test, limit, seed) if test is not None else None
+    return Roles(train, D.limit(val, limit, seed), held, label_names)
 
 
 def hold_out(split: D.TextSplit, ratio: float, seed: int, stratify: bool, role: str) -> tuple[D.TextSplit, D.TextSplit]:
