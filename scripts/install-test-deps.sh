@@ -66,3 +66,9 @@ if ! "$PYTHON" -c "import importlib.metadata as m; assert m.version('nvidia-pytr
     "$PYTHON" -m pip install --quiet --no-deps "nvidia-pytriton==0.7.0"
 fi
 echo "tritonserver: $("$PYTHON" -c 'import importlib.util as u; print(u.find_spec("pytriton").submodule_search_locations[0])')/tritonserver/bin/tritonserver"
+
+# --- Kubernetes test cluster (tests/cluster, tests/fixtures/cluster.py): etcd, kube-apiserver,
+# --- kube-controller-manager and kube-scheduler built from their Go modules into one binary. Needs Go >= 1.26 and
+# --- the Go module proxy. The first build is the longest step of a fresh setup (docs/e2e.md); later ones take
+# --- seconds (Go's caches are under .cache/go).
+echo "kubecluster: $(bash "$ROOT/scripts/build-cluster.sh")"

@@ -1,0 +1,79 @@
+"""The FineTuneJob API as the real kube-apiserver serves it from manifests/crd.yaml: schema validation with field
+paths, defaulting, server-side apply of the shipped examples, and the `kubectl get ftj` columns."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.conftest import ROOT, get_json
+from tests.fixtures.kube import KubeApi
+
+pytestmark = pytest.mark.slow
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def example(name: str = "finetunejob.yaml") -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "examples" / name).read_text())
+
+
+def _set(obj: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of ``obj`` with the dotted ``path`` set to ``value`` (or removed when ``value`` is ...)."""
+    out = copy.deepcopy(obj)
+    *parents, last = path.split(".")
+    node = out
+    for key in parents:
+        node = node[key]
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("spec.hyperparameters.learningRate", "fast", "expected numeric (int or float), got string"),
+        ("spec.hyperparameters.maxSteps", 0, "should be greater than or equal to 1"),
+        ("spec.task.type", "regress", "Unsupported value"),
+        ("spec.model", ..., "Required value"),
+    ],
+)
+def test_api_server_rejects_invalid_job_naming_the_field(ftj_api: KubeApi, path: str, value: Any, expected: str):
+    job = _set(example(), path, value)
+    result = ftj_api.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(job), check=False)
+    assert result.returncode != 0
+    assert path in result.stderr and expected in result.stderr, result.stderr
+    assert get_json(ftj_api, "ftj")["items"] == []
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_apply_server_side_and_get_defaults(ftj_api: KubeApi, path: Path):
+    applied = yaml.safe_load(path.read_text())
+    out = ftj_api.kubectl("apply", "--server-side", "-f", str(path))
+    name = applied["metadata"]["name"]
+    assert f"finetunejob.finetune.dev/{name} serverside-applied" in out.stdout
+    stored = get_json(ftj_api, "ftj", name, "--show-managed-fields")
+    assert stored["spec"]["model"]["name"] == applied["spec"]["model"]["name"]
+    # Fields the example leaves out come back with the CRD's defaults, filled in by the API server.
+    assert "weightDecay" not in applied["spec"].get("hyperparameters", {})
+    assert stored["spec"]["hyperparameters"]["weightDecay"] == 0.01
+    managers = {m["manager"] for m in stored["metadata"]["managedFields"]}
+    assert "kubectl" in managers
+
+
+def test_get_ftj_prints_status_columns(ftj_api: KubeApi):
+    ftj_api.kubectl("apply", "--server-side", "-f", str(ROOT / "examples" / "finetunejob.yaml"))
+    status = {"phase": "Training", "progress": {"percent": 42.5}, "metrics": {"accuracy": 0.91}, "restarts": 1}
+    ftj_api.kubectl("patch", "ftj", "yahoo-topics-minilm", "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": status}))  # fmt: skip
+    header, row = ftj_api.kubectl("get", "ftj").stdout.splitlines()
+    assert header.split() == ["NAME", "PHASE", "PROGRESS", "ACCURACY", "RESTARTS", "MODEL", "AGE"]
+    assert row.split()[:5] == ["yahoo-topics-minilm", "Training", "42.5", "0.91", "1"]
+    assert "yahoo-topics-minilm" in ftj_api.kubectl("get", "ml").stdout
