@@ -71,4 +71,7 @@ echo "tritonserver: $("$PYTHON" -c 'import importlib.util as u; print(u.find_spe
 # --- kube-controller-manager and kube-scheduler built from their Go modules into one binary. Needs Go >= 1.26 and
 # --- the Go module proxy. The first build is the longest step of a fresh setup (docs/e2e.md); later ones take
 # --- seconds (Go's caches are under .cache/go).
-echo "kubecluster: $(bash "$ROOT/scripts/build-cluster.sh")"
+# --- Opt-in (FINETUNE_TEST_CLUSTER=1) until the e2e suite runs on it: the cold build does not fit CI's time yet.
+if [ "${FINETUNE_TEST_CLUSTER:-0}" = 1 ]; then
+    echo "kubecluster: $(bash "$ROOT/scripts/build-cluster.sh")"
+fi

@@ -70,10 +70,19 @@ def test_examples_apply_server_side_and_get_defaults(ftj_api: KubeApi, path: Pat
 
 def test_get_ftj_prints_status_columns(ftj_api: KubeApi):
     ftj_api.kubectl("apply", "--server-side", "-f", str(ROOT / "examples" / "finetunejob.yaml"))
-    status = {"phase": "Training", "progress": {"percent": 42.5}, "metrics": {"accuracy": 0.91}, "restarts": 1}
+    status = {"phase": "Running", "progress": {"percent": 42.5}, "metrics": {"accuracy": 0.91}, "restarts": 1}
     ftj_api.kubectl("patch", "ftj", "yahoo-topics-minilm", "--subresource=status", "--type=merge",
                     "-p", json.dumps({"status": status}))  # fmt: skip
     header, row = ftj_api.kubectl("get", "ftj").stdout.splitlines()
     assert header.split() == ["NAME", "PHASE", "PROGRESS", "ACCURACY", "RESTARTS", "MODEL", "AGE"]
-    assert row.split()[:5] == ["yahoo-topics-minilm", "Training", "42.5", "0.91", "1"]
+    assert row.split()[:5] == ["yahoo-topics-minilm", "Running", "42.5", "0.91", "1"]
     assert "yahoo-topics-minilm" in ftj_api.kubectl("get", "ml").stdout
+
+
+def test_status_schema_refuses_what_the_operator_never_writes(ftj_api: KubeApi):
+    """The typed status schema is enforced by the API server: an unknown phase is refused, not stored."""
+    ftj_api.kubectl("apply", "--server-side", "-f", str(ROOT / "examples" / "finetunejob.yaml"))
+    result = ftj_api.kubectl("patch", "ftj", "yahoo-topics-minilm", "--subresource=status", "--type=merge",
+                             "-p", json.dumps({"status": {"phase": "Training"}}), check=False)  # fmt: skip
+    assert result.returncode != 0
+    assert 'status.phase: Unsupported value: "Training"' in result.stderr
