@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from finetune_trainer.checkpoint import CheckpointManager
-    from finetune_trainer.storage import S3Config, open_storage
+    from finetune_trainer.storage import open_storage
+    from finetune_trainer.storage_s3 import S3Config
     from tests.fixtures.s3 import SeaweedFS
 
     host = machine()

@@ -207,7 +207,8 @@ class Controller:
     def _storage(self, root: str, job: api.FineTuneJob) -> Any:
         """One storage client per checkpoint root and endpoint, shared by every job under it (an S3 client
         is heavy), failing fast: a progress read is retried at the next poll anyway."""
-        from finetune_trainer.storage import S3Config, open_storage
+        from finetune_trainer.storage import open_storage
+        from finetune_trainer.storage_s3 import S3Config
 
         s3 = job.spec.checkpoint.s3 if root.startswith("s3://") else None
         overrides: dict[str, Any] = {}

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from finetune_trainer.checkpoint import CheckpointManager, SaveStats
-from finetune_trainer.storage import LocalStorage, S3Storage, Storage, StorageError, open_storage
+from finetune_trainer.storage import LocalStorage, Storage, StorageError, open_storage
+from finetune_trainer.storage_s3 import S3Storage
 from tests.fixtures.s3 import S3Server
 
 MiB = 1024 * 1024

@@ -28,7 +28,8 @@ CHECKS = {
     "operator": """
         import importlib.util, subprocess, sys
         import finetune_operator.handlers  # kopf's registry: every handler, the controller, the client
-        from finetune_trainer.storage import S3Config, open_storage
+        from finetune_trainer.storage import open_storage
+        from finetune_trainer.storage_s3 import S3Config
         # The controller's progress read: an S3 storage client (no request is sent).
         open_storage("s3://bucket/jobs", config=S3Config(endpoint_url="http://127.0.0.1:9", access_key="k",
                                                           secret_key="s"), check=False)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune_trainer.storage import NotFoundError, S3Config, S3Storage, StorageError, open_storage
+from finetune_trainer.storage import NotFoundError, StorageError, open_storage
+from finetune_trainer.storage_s3 import S3Config, S3Storage
 from tests.fixtures.s3 import S3Server, free_ports
 
 MiB = 1024 * 1024

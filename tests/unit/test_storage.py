@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune_trainer.storage import (
-    LocalStorage,
-    NotFoundError,
-    S3Config,
-    S3Storage,
-    StorageError,
-    open_storage,
-)
+from finetune_trainer.storage import LocalStorage, NotFoundError, StorageError, open_storage
+from finetune_trainer.storage_s3 import S3Config, S3Storage
 
 SECRET = "very-secret-value-123"
 
