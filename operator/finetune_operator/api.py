@@ -19,6 +19,7 @@ from finetune_trainer.config import (
     CheckpointSpec,
     ConfigError,
     DatasetSpec,
+    DistillationSpec,
     Hyperparameters,
     ModelSpec,
     ProfilingSpec,
@@ -26,6 +27,7 @@ from finetune_trainer.config import (
     Section,
     TaskSpec,
     TaskType,
+    check_distillation,
     parse,
 )
 
@@ -148,6 +150,9 @@ class FineTuneJobSpec(Section):
     profiling: ProfilingSpec | None = Field(
         None, description="Profile optimizer steps startStep..endStep of one rank (torch.profiler, NVTX)."
     )
+    distillation: DistillationSpec | None = Field(
+        None, description="Knowledge distillation from a teacher model (docs/recipes/distillation.md)."
+    )
     output: str | None = Field(
         None, description="Where the final Hugging Face model is stored (s3:// or path)."
     )
@@ -178,6 +183,7 @@ class FineTuneJobSpec(Section):
                 f"profiling.rank {self.profiling.rank} is not a rank of this job "
                 f"(world size {self.resources.world_size})"
             )
+        check_distillation(self.distillation, self.task, self.dataset)
         if self.serving.enabled and not self.serving.repository:
             raise ValueError("serving.repository is required when serving.enabled is true")
         return self

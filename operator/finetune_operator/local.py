@@ -68,7 +68,7 @@ def preflight(cfg: TrainerConfig) -> None:
     for split in (roles.train, roles.validation, roles.test):
         if split is not None:
             D.encode_labels(split, names, cfg.task)
-    check_recipe(cfg, len(names), cache)
+    check_recipe(cfg, names, cache)
     if ds.augmentation is not None:
         from finetune_trainer import augment
 

@@ -30,6 +30,7 @@ def trainer_config(job: api.FineTuneJob, output_dir: str, *, checkpoint_storage:
         metrics_port=metrics_port,
         progress_file=progress_file,
         profiling=spec.profiling,
+        distillation=spec.distillation,
     )
 
 

@@ -362,6 +362,47 @@ class ProfilingSpec(Section):
         return self
 
 
+class TeacherLogits(StrEnum):
+    CACHED = "cached"
+    ON_THE_FLY = "onTheFly"
+
+
+class DistillationSpec(Section):
+    """Knowledge distillation: the job's model (the student) learns the labels and the teacher's softened
+    predictions, loss = crossEntropyWeight * CE(labels) + klWeight * T^2 * KL(teacher || student) at T."""
+
+    teacher: ModelSpec = Field(
+        description="The teacher: a classifier trained on the job's labels (same forms as model.name); its "
+        "tokenizer may differ from the student's."
+    )
+    temperature: float = Field(2.0, gt=0, le=100, description="Softmax temperature T of both distributions.")
+    cross_entropy_weight: float = Field(0.7, ge=0, description="Weight of the cross-entropy with the labels.")
+    kl_weight: float = Field(0.3, ge=0, description="Weight of the KL divergence from the teacher.")
+    teacher_logits: TeacherLogits = Field(
+        TeacherLogits.CACHED,
+        description="cached: the teacher scores each training example once, before training (kept in the run's "
+        "cache beside the tokenized data); onTheFly: it scores every batch (needed with dataset.augmentation, "
+        "whose rows change each epoch).",
+    )
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> Self:
+        if self.cross_entropy_weight == 0 and self.kl_weight == 0:
+            raise ValueError("crossEntropyWeight and klWeight cannot both be 0")
+        return self
+
+
+def check_distillation(distillation: DistillationSpec | None, task: TaskSpec, dataset: DatasetSpec) -> None:
+    """What distillation needs from the other sections (ValueError with the field names)."""
+    if distillation is None:
+        return
+    if task.type != TaskType.SINGLE_LABEL:
+        raise ValueError(f"distillation needs task.type single_label_classification, got {task.type}")
+    if getattr(dataset, "augmentation", None) is not None and distillation.teacher_logits == TeacherLogits.CACHED:
+        raise ValueError("distillation.teacherLogits must be onTheFly with dataset.augmentation: augmented rows "
+                         "change each epoch, so cached teacher logits would not match them")
+
+
 class TrainerConfig(Section):
     """Everything a trainer process needs: the job's sections plus where this run writes."""
 
@@ -380,6 +421,12 @@ class TrainerConfig(Section):
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus port of rank 0.")
     progress_file: str | None = Field(None, description="JSON file rank 0 rewrites with progress.")
     profiling: ProfilingSpec | None = Field(None, description="Profile a few training steps of one rank.")
+    distillation: DistillationSpec | None = Field(None, description="Learn from a teacher model as well.")
+
+    @model_validator(mode="after")
+    def _distillation(self) -> Self:
+        check_distillation(self.distillation, self.task, self.dataset)
+        return self
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=2)

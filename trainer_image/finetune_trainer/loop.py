@@ -69,6 +69,7 @@ class Prepared:
     preprocessing: Preprocessing
     train_for_epoch: Callable[[int], D.Encoded] | None = None  # with dataset.augmentation: each epoch's rows
     stats: dict[str, Any] = field(default_factory=dict)
+    teacher_inputs: Any = None  # with spec.distillation: distill.TeacherInputs
 
 
 def seed_everything(seed: int) -> None:
@@ -95,17 +96,24 @@ def prepare_data(cfg: TrainerConfig, cache_dir: Path) -> Prepared:
     def encode(split: D.TextSplit) -> D.Encoded:
         return D.tokenize(split, tokenizer, prep, D.encode_labels(split, names, task))
 
+    teacher = None
+    if cfg.distillation is not None:  # the teacher tokenizes the training rows too
+        from finetune_trainer.distill import TeacherInputs
+
+        teacher = TeacherInputs(cfg.distillation, prep, names, cache_dir)
+    encode_train = teacher.wrap(encode) if teacher else encode
     splits = {"train": train, "validation": val} | ({"test": test} if test else {})
-    encoded = {role: encode(split) for role, split in splits.items()}
+    encoded = {role: (encode_train if role == "train" else encode)(split) for role, split in splits.items()}
     stats = run_stats.data_stats(splits, encoded, names, task.type, tokenizer, prep, hp.seed)
     val_enc, test_enc = encoded["validation"], encoded.get("test")
     if ds.augmentation is None:
-        return Prepared(encoded["train"], val_enc, test_enc, names, tokenizer, prep, stats=stats)
+        return Prepared(encoded["train"], val_enc, test_enc, names, tokenizer, prep, stats=stats,
+                        teacher_inputs=teacher)
     from finetune_trainer import augment
 
     epoch_split = augment.epochs(train, ds.augmentation, hp.seed, cache_dir)
-    for_epoch = functools.lru_cache(maxsize=1)(lambda epoch: encode(epoch_split(epoch)))
-    return Prepared(for_epoch(0), val_enc, test_enc, names, tokenizer, prep, for_epoch, stats)
+    for_epoch = functools.lru_cache(maxsize=1)(lambda epoch: encode_train(epoch_split(epoch)))
+    return Prepared(for_epoch(0), val_enc, test_enc, names, tokenizer, prep, for_epoch, stats, teacher)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -150,6 +158,13 @@ class Trainer:
             lengths=prepared.train.lengths if hp.group_by_length else None, batch_size=hp.batch_size,
         )
         self.collate = D.Collator(prepared.tokenizer.pad_token_id or 0, 8 if info.device.type == "cuda" else 1)
+        self.distiller = None
+        if cfg.distillation is not None:
+            from finetune_trainer import distill
+
+            self.distiller = distill.Distiller(cfg.distillation, prepared.teacher_inputs, prepared.label_names,
+                                               self.out / ".cache", info, hp.batch_size)
+            self.collate = distill.Collate(self.collate, self.distiller)
         self.micro_per_epoch = math.ceil(self.sampler.per_rank / hp.batch_size)
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / hp.gradient_accumulation_steps)
         self.total_steps = hp.max_steps or math.ceil(hp.epochs * self.steps_per_epoch)
@@ -292,13 +307,17 @@ class Trainer:
 
     def _forward(self, batch: dict[str, torch.Tensor], module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         labels = batch.pop("labels")
+        teacher = batch.pop("teacher_logits", None)
         with torch.autocast(self.info.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             logits = module(**batch).logits
         logits = logits.float()
         if self.task == TaskType.REGRESSION:
             return self.loss_fn(logits.squeeze(-1), labels), logits
-        return self.loss_fn(logits, labels), logits
+        loss = self.loss_fn(logits, labels)
+        if teacher is not None:
+            loss = self.distiller.loss(loss, logits, teacher)
+        return loss, logits
 
     def _should_checkpoint(self, last_save: float) -> bool:
         ck = self.cfg.checkpoint

@@ -26,14 +26,18 @@ def skeleton(spec: ModelSpec, num_labels: int, cache_dir: Path) -> torch.nn.Modu
         return AutoModelForSequenceClassification.from_config(config, trust_remote_code=spec.trust_remote_code)
 
 
-def check_recipe(cfg: TrainerConfig, num_labels: int, cache_dir: Path) -> None:
-    """Raise InputError naming the field when the model cannot take the job's recipe."""
+def check_recipe(cfg: TrainerConfig, label_names: list[str], cache_dir: Path) -> None:
+    """Raise InputError naming the field when the model (or the teacher) cannot take the job's recipe."""
     hp = cfg.hyperparameters
+    if cfg.distillation is not None:
+        from finetune_trainer.distill import check_teacher
+
+        check_teacher(cfg.distillation, label_names, cache_dir)
     if hp.lora is None and not hp.train_top_layers and not hp.layer_decay and hp.head_dropout is None:
         return
     from finetune_trainer import layerwise, lora
 
-    n = 1 if cfg.task.type == TaskType.REGRESSION else num_labels
+    n = 1 if cfg.task.type == TaskType.REGRESSION else len(label_names)
     model = skeleton(cfg.model, n, cache_dir)
     if hp.head_dropout is not None:
         layerwise.head_dropout_kwargs(model.config, hp.head_dropout)
