@@ -32,12 +32,19 @@ def test_defaults_are_the_usual_recipe():
          "crossEntropyWeight and klWeight cannot both be 0"),
         ({"distillation": {"teacher": {"name": "t"}}, "task": {"type": "regression"}},
          "distillation needs task.type single_label_classification"),
+        ({"distillation": {"teacher": {"name": "t"}}, "dataset": {"train": "t.csv", "augmentation": {}}},
+         "distillation.teacherLogits must be onTheFly with dataset.augmentation"),
     ],
 )
 def test_bad_distillation_specs_name_the_field(spec, message):
     with pytest.raises(ConfigError) as e:
         parse_spec({**SPEC, **spec})
     assert message in str(e.value)
+
+
+def test_on_the_fly_teacher_logits_go_with_augmentation():
+    spec = {"distillation": {"teacher": {"name": "t"}, "teacherLogits": "onTheFly"}}
+    assert parse_spec({**SPEC, "dataset": {"train": "t.csv", "augmentation": {}}, **spec}).distillation
 
 
 def test_teacher_labels_in_another_order_are_reordered():
