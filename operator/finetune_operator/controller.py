@@ -26,7 +26,7 @@ from finetune_operator import api, confirm, lifecycle, observed, resources
 from finetune_operator import status as status_model
 from finetune_operator.kube import Kube, KubeError
 from finetune_operator.metrics import METRICS, OperatorMetrics
-from finetune_operator.observed import Observed, PodView
+from finetune_operator.observed import Observed, PodView, Refusal
 from finetune_operator.settings import Settings
 from finetune_trainer import contract
 from finetune_trainer.config import ConfigError
@@ -45,6 +45,7 @@ class JobMemory:
     progress_read: float = 0.0
     progress: dict[str, Any] | None = None
     logs: dict[str, str] = field(default_factory=dict)
+    refused: Refusal | None = None  # the API server's answer to the last create that failed, until one succeeds
 
 
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,9 +133,12 @@ class Controller:
             version = observed.published_version(memory.status, pods)
             served = await asyncio.to_thread(confirm.confirm, serving.triton_url, name, version)
         now = datetime.now(UTC)
-        seen = Observed(pods=pods, progress=progress, served=served)
+        seen = Observed(pods=pods, progress=progress, served=served, refused=memory.refused)
         decision = lifecycle.reconcile(job_meta, spec, memory.status, seen, now, self.settings)
+        refused_before = memory.refused
         await self.apply(body, job_meta, decision, memory)
+        if memory.refused is not None and memory.refused != refused_before:
+            return 0.05  # a new refusal: show it in the status at once
         return decision.requeue
 
     async def apply(self, body: kopf.Body, meta: lifecycle.JobMeta, decision: lifecycle.Decision,
@@ -149,8 +153,16 @@ class Controller:
             ref = f"{obj['kind']}/{obj['metadata']['name']}"
             if clock - memory.created.get(ref, -1e9) < RECREATE_AFTER:
                 continue
-            await self.kube.create(obj)
-            memory.created[ref] = clock
+            memory.created[ref] = clock  # also after a refusal: the next try waits RECREATE_AFTER
+            try:
+                await self.kube.create(obj)
+            except KubeError as e:
+                if e.status == 0:
+                    raise  # the API server is unreachable: nothing to report to it; the loop retries
+                memory.refused = Refusal(e.status, obj["kind"], obj["metadata"]["name"], e.message)
+                log.warning("%s/%s: %s", meta.namespace, meta.name, memory.refused.describe())
+                break  # the rest of the group waits for the next try
+            memory.refused = None
         patch = status_patch(memory.status, decision.status)
         if patch:
             await self.kube.patch_status(meta.namespace, meta.name, patch)

@@ -73,6 +73,27 @@ def openapi_schema(model: type[Section]) -> dict[str, Any]:
     return _structural(raw, raw.get("$defs", {}))
 
 
+# What the children's names need of the job's name, checked by the API server before the job is stored:
+# ``<name>-workers`` is a Service (a DNS-1035 label) and ``<name>-workers-<rank>`` a pod hostname (63 at most).
+_NODES = "(has(self.spec.resources) && has(self.spec.resources.nodes) ? self.spec.resources.nodes : 1)"
+NAME_RULES = [
+    {
+        "rule": "self.metadata.name.matches('^[a-z]')",
+        "message": "metadata.name must start with a lowercase letter: the workers' Service <name>-workers is a "
+        "DNS-1035 label",
+        "fieldPath": ".metadata.name",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": f"size(self.metadata.name) + size('-workers-') + size(string({_NODES} - 1)) <= 63",
+        "message": "metadata.name is too long for spec.resources.nodes: the pod hostname <name>-workers-<rank> "
+        "must be at most 63 characters",
+        "fieldPath": ".metadata.name",
+        "reason": "FieldValueInvalid",
+    },
+]
+
+
 def crd() -> dict[str, Any]:
     """The CustomResourceDefinition of FineTuneJob, generated from the models above."""
     spec = openapi_schema(FineTuneJobSpec)
@@ -83,7 +104,9 @@ def crd() -> dict[str, Any]:
         ("Accuracy", "number", ".status.metrics.accuracy", "Latest evaluation accuracy"),
         ("Restarts", "integer", ".status.restarts", "Worker-group restarts"),
         ("Model", "string", ".status.model.name", "Published model"),
+        ("Reason", "string", ".status.reason", "Why the job is in its phase"),
         ("Age", "date", ".metadata.creationTimestamp", ""),
+        ("Message", "string", ".status.message", "What the operator last said about the job", 1),
     ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -107,14 +130,16 @@ def crd() -> dict[str, Any]:
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [
-                        {"name": n, "type": t, "jsonPath": p, **({"description": d} if d else {})}
-                        for n, t, p, d in columns
+                        {"name": n, "type": t, "jsonPath": p, **({"description": d} if d else {}),
+                         **({"priority": wide[0]} if wide else {})}
+                        for n, t, p, d, *wide in columns
                     ],
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
                             "description": "A fine-tuning job: data to a trained, exported and served model.",
                             "required": ["spec"],
+                            "x-kubernetes-validations": NAME_RULES,
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

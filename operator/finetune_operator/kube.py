@@ -13,6 +13,7 @@ patch finetunejobs/status; read pods/log.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,16 @@ class KubeError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(f"HTTP {status}: {message}" if status else message)
         self.status = status
+        self.message = message
+
+
+def _status_message(body: Any, fallback: str) -> str:
+    """The ``message`` of the API server's Status object (what kubectl prints), else the raw body."""
+    try:
+        said = json.loads(body)
+    except (TypeError, ValueError):
+        return str(body or fallback)[:500]
+    return str(said.get("message") if isinstance(said, dict) and said.get("message") else body)[:500]
 
 
 def new_client(kubeconfig: str | None = None, *, pool_size: int | None = None) -> tuple[client.ApiClient, str]:
@@ -97,7 +108,7 @@ class Kube:
                     continue
                 if e.status in ok:
                     return None
-                raise KubeError(e.status or 0, str(e.body or e.reason)[:500]) from None
+                raise KubeError(e.status or 0, _status_message(e.body, str(e.reason))) from None
             except urllib3.exceptions.HTTPError as e:
                 raise KubeError(0, f"cannot reach the API server: {e}") from None
         raise AssertionError("unreachable")

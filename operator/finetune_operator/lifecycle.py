@@ -23,7 +23,7 @@ from typing import Any
 
 from finetune_operator import api, resources
 from finetune_operator import status as status_model
-from finetune_operator.observed import Failure, Observed, PodView, classify
+from finetune_operator.observed import Failure, Observed, PodView, Refusal, classify
 from finetune_operator.settings import Settings
 from finetune_operator.status import (
     CONDITION_TYPES,
@@ -45,6 +45,7 @@ from finetune_trainer.config import ConfigError
 
 TRAINING = (PENDING, RUNNING, RESTARTING)
 TERMINAL = (SUCCEEDED, FAILED)
+REFUSED = ("QuotaExceeded", "PodSecurityViolation", "Forbidden", "ApiUnavailable")  # reasons a retry may clear
 
 
 
@@ -145,6 +146,8 @@ class _Machine:
         if self.deadline_passed():
             return self.d
         self.read_progress()
+        if self.observed.refused is not None and self.refused(self.observed.refused):
+            return self.d
         phase = self.phase
         if phase == "":
             self.start()
@@ -158,6 +161,17 @@ class _Machine:
         elif phase in (EXPORTING, PUBLISHING):
             self.publishing()
         return self.d
+
+    def refused(self, refusal: Refusal) -> bool:
+        """The API server would not create a child. A permanent refusal (the object is invalid) fails the job;
+        any other is shown (reason, message, one Warning event) while the caller retries the create every
+        RECREATE_AFTER seconds. True when the job failed."""
+        if refusal.permanent:
+            self.delete_pods(self.active(resources.TRAINER) + self.active(resources.EXPORTER))
+            self.transition(FAILED, refusal.reason, refusal.describe(), warning=True)
+            return True
+        self.transition(self.phase or PENDING, refusal.reason, refusal.describe(), warning=True)
+        return False
 
     def start(self) -> None:
         assert self.job is not None
@@ -232,6 +246,8 @@ class _Machine:
             # Created but not observed yet, or lost before it ever ran: creating again is idempotent.
             self.create_group()
             return
+        if self.phase == PENDING and self.s.get("reason") in REFUSED and self.observed.refused is None:
+            self.transition(PENDING, "Created", f"worker group attempt {attempt} created")
         if all(p.phase == "Succeeded" for p in by_rank.values()):
             self.training_done()
         elif all(p.phase in ("Running", "Succeeded") for p in by_rank.values()) and self.phase != RUNNING:

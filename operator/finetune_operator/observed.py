@@ -90,13 +90,49 @@ class Served:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """The API server refused to create one of the job's children (the last try of the caller)."""
+
+    status: int  # HTTP status; 0 when the server could not be reached
+    kind: str
+    name: str
+    message: str
+
+    @property
+    def permanent(self) -> bool:
+        """400 and 422 say the object itself is wrong: trying again cannot help. 403 (quota, LimitRange, Pod
+        Security, RBAC), 429 and 5xx can change without the job changing, so the caller backs off and retries,
+        as the Job controller does."""
+        return self.status in (400, 422)
+
+    @property
+    def reason(self) -> str:
+        text = self.message.lower()
+        if self.status == 403 and "exceeded quota" in text:
+            return "QuotaExceeded"
+        if self.status == 403 and "podsecurity" in text:
+            return "PodSecurityViolation"
+        if self.status == 403:
+            return "Forbidden"
+        if self.permanent:
+            return "InvalidChild"
+        return "ApiUnavailable"
+
+    def describe(self) -> str:
+        said = f"HTTP {self.status}: {self.message}" if self.status else self.message
+        return f"cannot create {self.kind} {self.name}: {said}"
+
+
 @dataclass
 class Observed:
-    """Everything the caller saw this time: the job's pods, its progress file, the served model."""
+    """Everything the caller saw this time: the job's pods, its progress file, the served model, and the API
+    server's refusal of the last child the caller tried to create."""
 
     pods: list[PodView] = field(default_factory=list)
     progress: dict[str, Any] | None = None
     served: Served | None = None
+    refused: Refusal | None = None
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,9 @@ def rendezvous_endpoint(job: str, nodes: int) -> str:
 
 def name_errors(job: str, nodes: int) -> list[str]:
     """Reasons the children's DNS names would be invalid for this job name and node count."""
+    if job[:1] and not job[:1].isalpha():
+        return [f"metadata.name: must start with a lowercase letter: the workers' Service {service_name(job)!r} "
+                f"must be a DNS-1035 label (for example 'ft-{job}')"]  # fmt: skip
     longest = hostname(job, max(nodes - 1, 0))
     if len(longest) > MAX_DNS_LABEL:
         room = MAX_DNS_LABEL - len(longest) + len(job)

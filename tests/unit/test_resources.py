@@ -201,3 +201,9 @@ def test_a_name_too_long_for_pod_hostnames_is_reported() -> None:
         f"metadata.name: at most 51 characters for 101 nodes (pod hostname {'a' * 52 + '-workers-100'!r} is too long)"
     ]
     assert resources.name_errors("a" * 52, 100) == []
+
+
+def test_a_name_starting_with_a_digit_is_reported_before_its_service_is_refused() -> None:
+    (error,) = resources.name_errors("2024-bert", 1)
+    assert error.startswith("metadata.name: must start with a lowercase letter") and "'2024-bert-workers'" in error
+    assert resources.name_errors("bert-2024", 1) == []

@@ -1,0 +1,82 @@
+"""Children the API server will not create: the refusal reaches the job's reason, message, conditions and one
+Warning event; a permanent one fails the job, a temporary one is retried."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from finetune_operator import lifecycle as L
+from finetune_operator.observed import Observed, Refusal
+from tests.unit.test_lifecycle import META, SETTINGS, T0, condition, created, spec, step, worker
+
+QUOTA = Refusal(403, "Pod", "sentiment-a1-0", 'pods "sentiment-a1-0" is forbidden: exceeded quota: gpu, '
+                "requested: requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=0, limited: "
+                "requests.nvidia.com/gpu=0")  # fmt: skip
+INVALID = Refusal(422, "Pod", "sentiment-a1-0", 'Pod "sentiment-a1-0" is invalid: spec.containers[0].image: Required')
+
+
+def refused_step(status: dict, refusal: Refusal, pods=(), at: float = 1, s: dict | None = None) -> L.Decision:
+    observed = Observed(pods=list(pods), refused=refusal)
+    return L.reconcile(META, s or spec(), status, observed, T0 + timedelta(seconds=at), SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("refusal", "reason", "permanent"),
+    [
+        (QUOTA, "QuotaExceeded", False),
+        (Refusal(403, "Pod", "p", 'pods "p" is forbidden: violates PodSecurity "restricted:latest"'),
+         "PodSecurityViolation", False),
+        (Refusal(403, "Pod", "p", "maximum cpu usage per Container is 1, but limit is 2"), "Forbidden", False),
+        (Refusal(429, "Pod", "p", "Too many requests"), "ApiUnavailable", False),
+        (Refusal(503, "Pod", "p", "etcdserver: leader changed"), "ApiUnavailable", False),
+        (INVALID, "InvalidChild", True),
+        (Refusal(400, "Service", "s", "bad request"), "InvalidChild", True),
+    ],
+)
+def test_refusals_are_named_and_classed(refusal: Refusal, reason: str, permanent: bool) -> None:
+    assert (refusal.reason, refusal.permanent) == (reason, permanent)
+
+
+def test_a_quota_refusal_shows_in_status_once_and_the_create_is_retried() -> None:
+    first = step(None)
+    d = refused_step(first.status, QUOTA)
+    assert d.status["phase"] == "Pending" and d.status["reason"] == "QuotaExceeded"
+    assert "cannot create Pod sentiment-a1-0: HTTP 403" in d.status["message"]
+    assert "exceeded quota: gpu" in d.status["message"]
+    assert condition(d.status, "Training")["reason"] == "QuotaExceeded"
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", "QuotaExceeded")]
+    assert "Pod/sentiment-a1-0" in created(d)  # tried again (the caller waits between tries)
+    again = refused_step(d.status, QUOTA, at=40)
+    assert again.events == [] and again.status["reason"] == "QuotaExceeded"
+    assert again.status.get("restarts") == 0  # waiting for quota spends no restart
+
+
+def test_once_the_group_is_created_the_refusal_clears() -> None:
+    waiting = refused_step(step(None).status, QUOTA).status
+    d = step(waiting, [worker(0, phase="Pending"), worker(1, phase="Pending")], at=60)
+    assert (d.status["phase"], d.status["reason"]) == ("Pending", "Created")
+    assert step(d.status, [worker(0), worker(1)], at=61).status["phase"] == "Running"
+
+
+def test_an_invalid_child_fails_the_job_naming_the_api_servers_answer() -> None:
+    d = refused_step(step(None).status, INVALID, pods=[worker(1)])
+    assert d.status["phase"] == "Failed" and d.status["reason"] == "InvalidChild"
+    assert "spec.containers[0].image: Required" in d.status["message"]
+    assert ("pods", "sentiment-a1-1") in d.delete
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", "InvalidChild")]
+
+
+def test_a_refused_export_pod_is_shown_and_created_again() -> None:
+    serving = spec(serving={"enabled": True, "tritonUrl": "triton:8000", "repository": "s3://models"})
+    done = [worker(0, phase="Succeeded"), worker(1, phase="Succeeded")]
+    status = step(step(None, s=serving).status, [worker(0), worker(1)], at=1, s=serving).status
+    exporting = step(status, done, at=2, s=serving).status
+    assert exporting["phase"] == "Exporting"
+    limit = Refusal(403, "Pod", "sentiment-export-1", 'pods "sentiment-export-1" is forbidden: maximum memory '
+                    "usage per Container is 4Gi, but limit is 8Gi")  # fmt: skip
+    d = refused_step(exporting, limit, pods=done, at=3, s=serving)
+    assert (d.status["phase"], d.status["reason"]) == ("Exporting", "Forbidden")
+    assert "maximum memory usage per Container is 4Gi" in d.status["message"]
+    assert created(d) == ["Pod/sentiment-export-1"]
