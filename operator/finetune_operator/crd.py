@@ -81,14 +81,12 @@ NAME_RULES = [
         "rule": "self.metadata.name.matches('^[a-z]')",
         "message": "metadata.name must start with a lowercase letter: the workers' Service <name>-workers is a "
         "DNS-1035 label",
-        "fieldPath": ".metadata.name",
         "reason": "FieldValueInvalid",
     },
     {
         "rule": f"size(self.metadata.name) + size('-workers-') + size(string({_NODES} - 1)) <= 63",
         "message": "metadata.name is too long for spec.resources.nodes: the pod hostname <name>-workers-<rank> "
         "must be at most 63 characters",
-        "fieldPath": ".metadata.name",
         "reason": "FieldValueInvalid",
     },
 ]

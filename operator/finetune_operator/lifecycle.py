@@ -45,7 +45,6 @@ from finetune_trainer.config import ConfigError
 
 TRAINING = (PENDING, RUNNING, RESTARTING)
 TERMINAL = (SUCCEEDED, FAILED)
-REFUSED = ("QuotaExceeded", "PodSecurityViolation", "Forbidden", "ApiUnavailable")  # reasons a retry may clear
 
 
 
@@ -246,12 +245,25 @@ class _Machine:
             # Created but not observed yet, or lost before it ever ran: creating again is idempotent.
             self.create_group()
             return
-        if self.phase == PENDING and self.s.get("reason") in REFUSED and self.observed.refused is None:
-            self.transition(PENDING, "Created", f"worker group attempt {attempt} created")
+        if self.phase in (PENDING, RESTARTING):
+            self.waiting(attempt, list(by_rank.values()))
         if all(p.phase == "Succeeded" for p in by_rank.values()):
             self.training_done()
         elif all(p.phase in ("Running", "Succeeded") for p in by_rank.values()) and self.phase != RUNNING:
             self.transition(RUNNING, "Running", f"{nodes} worker pod(s) of attempt {attempt} running")
+
+    def waiting(self, attempt: int, workers: list[PodView]) -> None:
+        """Say why the group's pods wait, as the cluster reports it (Unschedulable, ImagePullBackOff, ...);
+        a pending job goes back to ``Created`` once nothing does."""
+        stuck = next((p for p in workers if p.waiting), None)
+        if stuck is not None:
+            message = f"pod {stuck.name}: {stuck.waiting_message or stuck.waiting}"
+            self.transition(self.phase, stuck.waiting, message, warning=True)
+            self.s["message"] = message  # the scheduler's count of fitting nodes changes; the event is kept once
+        elif self.phase == PENDING and self.observed.refused is None and self.s.get("reason") not in (
+            "Created", "Resumed"
+        ):  # fmt: skip
+            self.transition(PENDING, "Created", f"worker group attempt {attempt} created")
 
     def worker_failed(self, workers: list[PodView], failures: list[Failure]) -> None:
         assert self.job is not None

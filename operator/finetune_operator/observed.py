@@ -32,6 +32,8 @@ class PodView:
     message: str = ""
     running: tuple[str, ...] = ()
     failed_container: str = ""
+    waiting: str = ""  # why the pod cannot start yet (Unschedulable, ImagePullBackOff, ...), as the cluster says
+    waiting_message: str = ""
 
     @property
     def finished(self) -> bool:
@@ -44,6 +46,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
     lbl = meta.get("labels") or {}
     exit_code, reason, message = None, status.get("reason") or "", status.get("message") or ""
     running, failed = [], ""
+    waiting, waiting_message = _waiting(status)
     for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         state = cs.get("state") or {}
         if "running" in state:
@@ -69,7 +72,28 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         message=message,
         running=tuple(running),
         failed_container=failed,
+        waiting=waiting,
+        waiting_message=waiting_message,
     )
+
+
+# Waiting reasons of a container that starts normally: not worth a word in the job's status.
+_STARTING = ("", "ContainerCreating", "PodInitializing")
+
+
+def _waiting(status: dict[str, Any]) -> tuple[str, str]:
+    """Why a pending pod is not running: the scheduler's PodScheduled=False, else a container's waiting state
+    (ErrImagePull, ImagePullBackOff, CreateContainerConfigError for a missing Secret, ...)."""
+    if status.get("phase", "Pending") != "Pending":
+        return "", ""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason"):
+            return cond["reason"], cond.get("message") or ""
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason", "") not in _STARTING:
+            return waiting["reason"], waiting.get("message") or ""
+    return "", ""
 
 
 def _int(raw: str | None) -> int:

@@ -53,6 +53,13 @@ def test_api_server_rejects_invalid_job_naming_the_field(ftj_api: KubeApi, path:
     assert get_json(ftj_api, "ftj")["items"] == []
 
 
+def columns(header: str, row: str) -> dict[str, str]:
+    """A `kubectl get` row by column name (columns start where their header does; empty cells stay empty)."""
+    starts = [header.index(name) for name in header.split()]
+    ends = [*starts[1:], None]
+    return {name: row[a:b].strip() for name, a, b in zip(header.split(), starts, ends, strict=True)}
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_examples_apply_server_side_and_get_defaults(ftj_api: KubeApi, path: Path):
     applied = yaml.safe_load(path.read_text())
@@ -73,9 +80,15 @@ def test_get_ftj_prints_status_columns(ftj_api: KubeApi):
     status = {"phase": "Running", "progress": {"percent": 42.5}, "metrics": {"accuracy": 0.91}, "restarts": 1}
     ftj_api.kubectl("patch", "ftj", "yahoo-topics-minilm", "--subresource=status", "--type=merge",
                     "-p", json.dumps({"status": status}))  # fmt: skip
+    status |= {"reason": "Running", "message": "2 worker pod(s) of attempt 2 running"}
+    ftj_api.kubectl("patch", "ftj", "yahoo-topics-minilm", "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": status}))  # fmt: skip
     header, row = ftj_api.kubectl("get", "ftj").stdout.splitlines()
-    assert header.split() == ["NAME", "PHASE", "PROGRESS", "ACCURACY", "RESTARTS", "MODEL", "AGE"]
+    assert header.split() == ["NAME", "PHASE", "PROGRESS", "ACCURACY", "RESTARTS", "MODEL", "REASON", "AGE"]
     assert row.split()[:5] == ["yahoo-topics-minilm", "Running", "42.5", "0.91", "1"]
+    assert columns(header, row)["REASON"] == "Running" and columns(header, row)["MODEL"] == ""
+    wide_header, wide_row = ftj_api.kubectl("get", "ftj", "-o", "wide").stdout.splitlines()
+    assert wide_header.split()[-1] == "MESSAGE" and wide_row.endswith("2 worker pod(s) of attempt 2 running")
     assert "yahoo-topics-minilm" in ftj_api.kubectl("get", "ml").stdout
 
 
@@ -86,3 +99,23 @@ def test_status_schema_refuses_what_the_operator_never_writes(ftj_api: KubeApi):
                              "-p", json.dumps({"status": {"phase": "Training"}}), check=False)  # fmt: skip
     assert result.returncode != 0
     assert 'status.phase: Unsupported value: "Training"' in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "nodes", "expected"),
+    [
+        ("2024-bert", 1, "metadata.name must start with a lowercase letter"),
+        ("a" * 54, 1, "metadata.name is too long for spec.resources.nodes"),
+        ("a" * 53, 11, "metadata.name is too long for spec.resources.nodes"),
+    ],
+)
+def test_api_server_refuses_names_its_children_could_not_have(ftj_api: KubeApi, name: str, nodes: int,
+                                                              expected: str):  # fmt: skip
+    job = example()
+    job["metadata"]["name"] = name
+    job["spec"].setdefault("resources", {})["nodes"] = nodes
+    result = ftj_api.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(job), check=False)
+    assert result.returncode != 0 and expected in result.stderr, result.stderr
+    assert get_json(ftj_api, "ftj")["items"] == []
+    job["metadata"]["name"] = "a" * (63 - len("-workers-") - len(str(nodes - 1)))  # the longest name that fits
+    ftj_api.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(job))

@@ -1,5 +1,6 @@
-"""Children the API server will not create: the refusal reaches the job's reason, message, conditions and one
-Warning event; a permanent one fails the job, a temporary one is retried."""
+"""What the cluster says reaches the job. Children the API server will not create: the refusal becomes the job's
+reason, message, conditions and one Warning event; a permanent one fails the job, a temporary one is retried.
+Pods that wait (unschedulable, image pull, a missing Secret): the job says why."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from finetune_operator import lifecycle as L
-from finetune_operator.observed import Observed, Refusal
+from finetune_operator.observed import Observed, Refusal, pod_view
 from tests.unit.test_lifecycle import META, SETTINGS, T0, condition, created, spec, step, worker
 
 QUOTA = Refusal(403, "Pod", "sentiment-a1-0", 'pods "sentiment-a1-0" is forbidden: exceeded quota: gpu, '
@@ -57,6 +58,7 @@ def test_once_the_group_is_created_the_refusal_clears() -> None:
     waiting = refused_step(step(None).status, QUOTA).status
     d = step(waiting, [worker(0, phase="Pending"), worker(1, phase="Pending")], at=60)
     assert (d.status["phase"], d.status["reason"]) == ("Pending", "Created")
+    assert [e.reason for e in d.events] == ["Created"]
     assert step(d.status, [worker(0), worker(1)], at=61).status["phase"] == "Running"
 
 
@@ -80,3 +82,54 @@ def test_a_refused_export_pod_is_shown_and_created_again() -> None:
     assert (d.status["phase"], d.status["reason"]) == ("Exporting", "Forbidden")
     assert "maximum memory usage per Container is 4Gi" in d.status["message"]
     assert created(d) == ["Pod/sentiment-export-1"]
+
+
+def pod(status: dict) -> dict:
+    return {"metadata": {"name": "sentiment-a1-0"}, "status": status}
+
+
+SCHEDULED = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}  # fmt: skip
+UNSCHEDULABLE = {"phase": "Pending", "conditions": [SCHEDULED]}
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "message"),
+    [
+        (UNSCHEDULABLE, "Unschedulable", "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."),
+        ({"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": {"waiting": {
+            "reason": "ImagePullBackOff", "message": 'Back-off pulling image "trainer:0.1"'}}}]},
+         "ImagePullBackOff", 'Back-off pulling image "trainer:0.1"'),
+        ({"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": {"waiting": {
+            "reason": "CreateContainerConfigError", "message": 'secret "s3" not found'}}}]},
+         "CreateContainerConfigError", 'secret "s3" not found'),
+        ({"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": {"waiting": {
+            "reason": "ContainerCreating"}}}]}, "", ""),
+        ({"phase": "Running", "containerStatuses": [{"name": "trainer", "state": {"running": {}}}]}, "", ""),
+    ],
+)  # fmt: skip
+def test_why_a_pod_waits_is_read_from_its_status(status: dict, reason: str, message: str) -> None:
+    view = pod_view(pod(status))
+    assert (view.waiting, view.waiting_message) == (reason, message)
+
+
+def test_a_job_whose_pods_cannot_be_scheduled_says_so_and_recovers() -> None:
+    created_status = step(None).status
+    stuck = worker(0, phase="Pending", waiting="Unschedulable", waiting_message="0/3 nodes are available")
+    d = step(created_status, [stuck, worker(1, phase="Pending")], at=1)
+    assert (d.status["phase"], d.status["reason"]) == ("Pending", "Unschedulable")
+    assert d.status["message"] == "pod sentiment-a1-0: 0/3 nodes are available"
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", "Unschedulable")]
+    assert step(d.status, [stuck, worker(1, phase="Pending")], at=2).events == []
+    running = step(d.status, [worker(0), worker(1)], at=3)
+    assert (running.status["phase"], running.status["reason"]) == ("Running", "Running")
+
+
+def test_a_restarted_group_that_cannot_be_scheduled_says_so() -> None:
+    status = step(step(None).status, [worker(0), worker(1)], at=1).status
+    failed = step(status, [worker(0, phase="Failed", exit_code=1), worker(1)], at=2).status
+    assert failed["phase"] == "Restarting"
+    after_backoff = step(failed, [], at=60).status
+    stuck = [worker(r, attempt=2, phase="Pending", waiting="ImagePullBackOff") for r in (0, 1)]
+    d = step(after_backoff, stuck, at=61)
+    assert (d.status["phase"], d.status["reason"]) == ("Restarting", "ImagePullBackOff")

@@ -1,0 +1,94 @@
+"""The operator against the real API server and scheduler: what admission refuses, and why pods wait, reach the
+job as a user sees it with kubectl (phase, reason, message, a Warning event); a temporary refusal clears once it
+is lifted."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.conftest import get_json
+from tests.cluster.test_finetunejob_api import columns
+from tests.e2e.conftest import Operator
+from tests.fixtures.kube import KubeApi, eventually
+from tests.fixtures.processes import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def operator(ftj_api: KubeApi, tmp_path: Path) -> Iterator[Operator]:
+    env = {"FINETUNE_METRICS_PORT": str(free_port()), "FINETUNE_METRICS_ADDRESS": "127.0.0.1",
+           "FINETUNE_POLL_SECONDS": "1", "FINETUNE_BACKOFF_SECONDS": "1"}  # fmt: skip
+    op = Operator(ftj_api, tmp_path, env).start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+def job(name: str, storage: Path) -> dict:
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "bert-base-uncased"},
+            "dataset": {"train": "s3://data/train.csv"},
+            "resources": {"nodes": 2, "cpu": "1", "memory": "1Gi"},
+            "checkpoint": {"storage": str(storage)},
+        },
+    }
+
+
+def status(kube: KubeApi, name: str) -> dict:
+    return get_json(kube, "ftj", name).get("status") or {}
+
+
+def warnings(kube: KubeApi, name: str) -> list[str]:
+    events = get_json(kube, "events", "--field-selector", f"involvedObject.name={name},type=Warning")
+    return [e["reason"] for e in events["items"]]
+
+
+def test_a_quota_refusal_is_shown_then_clears_when_the_quota_is_raised(ftj_api: KubeApi, operator: Operator,
+                                                                     tmp_path: Path):  # fmt: skip
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "pods"}, "spec": {"hard": {"pods": "0"}}}
+    ftj_api.kubectl("apply", "-f", "-", stdin=json.dumps(quota))
+    ftj_api.kubectl("apply", "-f", "-", stdin=json.dumps(job("quota", tmp_path / "ckpt")))
+    got = eventually(lambda: (s := status(ftj_api, "quota")).get("reason") == "QuotaExceeded" and s, timeout=60,
+                     interval=0.5, what="reason QuotaExceeded")  # fmt: skip
+    assert got["phase"] == "Pending"
+    assert "cannot create Pod quota-a1-0: HTTP 403" in got["message"] and "exceeded quota: pods" in got["message"]
+    training = next(c for c in got["conditions"] if c["type"] == "Training")
+    assert training["reason"] == "QuotaExceeded"
+    assert eventually(lambda: "QuotaExceeded" in warnings(ftj_api, "quota"), timeout=30, what="Warning event")
+    row = columns(*ftj_api.kubectl("get", "ftj", "quota").stdout.splitlines())
+    assert (row["PHASE"], row["REASON"]) == ("Pending", "QuotaExceeded")
+    assert get_json(ftj_api, "pods")["items"] == []
+
+    ftj_api.kubectl("patch", "resourcequota", "pods", "--type=merge", "-p", '{"spec":{"hard":{"pods":"10"}}}')
+    # Created once the quota allows it; this cluster has no Node the pods fit, so the scheduler's word follows.
+    got = eventually(lambda: (s := status(ftj_api, "quota")).get("reason") == "Unschedulable" and s, timeout=90,
+                     interval=0.5, what="the group created, then reported unschedulable")  # fmt: skip
+    # "no nodes available to schedule pods", or "0/N nodes are available: ..." when another test's Node exists
+    assert got["phase"] == "Pending" and got["message"].startswith("pod quota-a1-"), got
+    assert "available" in got["message"], got
+    pods = sorted(p["metadata"]["name"] for p in get_json(ftj_api, "pods")["items"])
+    assert pods == ["quota-a1-0", "quota-a1-1"]
+    assert got.get("restarts") == 0
+    assert "Unschedulable" in warnings(ftj_api, "quota")
+
+
+def test_a_limit_range_refusal_names_the_limit(ftj_api: KubeApi, operator: Operator, tmp_path: Path):
+    """A namespace whose LimitRange allows less CPU per container than the job asks for."""
+    limits = {"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "small"},
+              "spec": {"limits": [{"type": "Container", "max": {"cpu": "500m"}}]}}  # fmt: skip
+    ftj_api.kubectl("apply", "-f", "-", stdin=json.dumps(limits))
+    ftj_api.kubectl("apply", "-f", "-", stdin=json.dumps(job("limits", tmp_path / "ckpt")))
+    got = eventually(lambda: (s := status(ftj_api, "limits")).get("reason") == "Forbidden" and s,
+                     timeout=60, interval=0.5, what="reason Forbidden")  # fmt: skip
+    assert got["phase"] == "Pending" and "maximum cpu usage per Container is 500m" in got["message"], got
+    assert eventually(lambda: "Forbidden" in warnings(ftj_api, "limits"), timeout=30, what="Warning event")
