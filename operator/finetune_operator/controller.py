@@ -120,7 +120,7 @@ class Controller:
         job_meta = lifecycle.JobMeta(meta.name, meta.namespace, meta.uid, int(meta.get("generation") or 1))
         spec = copy.deepcopy(dict(body.spec))
         job = _parse(job_meta, spec)
-        pods = [await self.with_log_tail(meta.namespace, p, memory) for p in pods]
+        pods = [await self.with_log_tail(meta.namespace, p, memory) for p in observed.owned(pods, meta.uid)]
         phase = memory.status.get("phase")
         progress = None
         if job is not None and phase in lifecycle.TRAINING:

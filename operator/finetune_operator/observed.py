@@ -32,6 +32,7 @@ class PodView:
     message: str = ""
     running: tuple[str, ...] = ()
     failed_container: str = ""
+    owner_uid: str = ""  # the uid of the FineTuneJob that owns it
     waiting: str = ""  # why the pod cannot start yet (Unschedulable, ImagePullBackOff, ...), as the cluster says
     waiting_message: str = ""
 
@@ -72,9 +73,16 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         message=message,
         running=tuple(running),
         failed_container=failed,
+        owner_uid=next((o.get("uid", "") for o in meta.get("ownerReferences") or [] if o.get("controller")), ""),
         waiting=waiting,
         waiting_message=waiting_message,
     )
+
+
+def owned(pods: list[PodView], uid: str) -> list[PodView]:
+    """The pods of this incarnation of the job: a job deleted and created again under the same name must not
+    adopt the old one's pods, still in their grace period (they carry the same labels and names)."""
+    return [p for p in pods if p.owner_uid == uid]
 
 
 # Waiting reasons of a container that starts normally: not worth a word in the job's status.

@@ -1,15 +1,19 @@
-"""The FineTuneJob CRD installed once into the real control plane, the way a user installs it."""
+"""The FineTuneJob CRD installed once into the real control plane, the way a user installs it; the operator
+running against it out of cluster; small job helpers."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from finetune_operator import api
-from tests.fixtures.kube import KubeApi
+from tests.e2e.conftest import Operator
+from tests.fixtures.kube import KubeApi, eventually
+from tests.fixtures.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = f"{api.PLURAL}.{api.GROUP}"
@@ -20,8 +24,14 @@ def finetunejob_crd(kube_cluster: Path, tmp_path_factory: pytest.TempPathFactory
     """`kubectl apply --server-side -f manifests/crd.yaml`, then wait until the API serves the kind."""
     kube = KubeApi(kube_cluster, "default", tmp_path_factory.mktemp("crd"), None)
     kube.kubectl("apply", "--server-side", "-f", str(ROOT / "manifests" / "crd.yaml"))
-    kube.kubectl("wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=60s")
+    # `kubectl wait` fails outright while the new CRD has no conditions yet: poll instead.
+    eventually(lambda: _established(kube), timeout=60, interval=0.2, what=f"CRD {CRD} Established")
     return CRD
+
+
+def _established(kube: KubeApi) -> bool:
+    conditions = get_json(kube, "crd", CRD).get("status", {}).get("conditions") or []
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
 
 @pytest.fixture
@@ -32,3 +42,39 @@ def ftj_api(cluster_api: KubeApi, finetunejob_crd: str) -> KubeApi:
 
 def get_json(kube: KubeApi, *args: str) -> Any:
     return json.loads(kube.kubectl("get", *args, "-o", "json").stdout)
+
+
+@pytest.fixture
+def operator(ftj_api: KubeApi, tmp_path: Path) -> Iterator[Operator]:
+    """The real operator process, watching the test's namespace with the admin kubeconfig."""
+    env = {"FINETUNE_METRICS_PORT": str(free_port()), "FINETUNE_METRICS_ADDRESS": "127.0.0.1",
+           "FINETUNE_POLL_SECONDS": "1", "FINETUNE_BACKOFF_SECONDS": "1"}  # fmt: skip
+    op = Operator(ftj_api, tmp_path, env).start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+def job(name: str, storage: Path) -> dict:
+    """A small two-node job (these tests run no pod: the cluster has no kubelet)."""
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "bert-base-uncased"},
+            "dataset": {"train": "s3://data/train.csv"},
+            "resources": {"nodes": 2, "cpu": "1", "memory": "1Gi"},
+            "checkpoint": {"storage": str(storage)},
+        },
+    }
+
+
+def status(kube: KubeApi, name: str) -> dict:
+    return get_json(kube, "ftj", name).get("status") or {}
+
+
+def warnings(kube: KubeApi, name: str) -> list[str]:
+    events = get_json(kube, "events", "--field-selector", f"involvedObject.name={name},type=Warning")
+    return [e["reason"] for e in events["items"]]

@@ -5,52 +5,16 @@ is lifted."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import get_json
+from tests.cluster.conftest import get_json, job, status, warnings
 from tests.cluster.test_finetunejob_api import columns
 from tests.e2e.conftest import Operator
 from tests.fixtures.kube import KubeApi, eventually
-from tests.fixtures.processes import free_port
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def operator(ftj_api: KubeApi, tmp_path: Path) -> Iterator[Operator]:
-    env = {"FINETUNE_METRICS_PORT": str(free_port()), "FINETUNE_METRICS_ADDRESS": "127.0.0.1",
-           "FINETUNE_POLL_SECONDS": "1", "FINETUNE_BACKOFF_SECONDS": "1"}  # fmt: skip
-    op = Operator(ftj_api, tmp_path, env).start()
-    try:
-        yield op
-    finally:
-        op.stop()
-
-
-def job(name: str, storage: Path) -> dict:
-    return {
-        "apiVersion": "finetune.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"name": "bert-base-uncased"},
-            "dataset": {"train": "s3://data/train.csv"},
-            "resources": {"nodes": 2, "cpu": "1", "memory": "1Gi"},
-            "checkpoint": {"storage": str(storage)},
-        },
-    }
-
-
-def status(kube: KubeApi, name: str) -> dict:
-    return get_json(kube, "ftj", name).get("status") or {}
-
-
-def warnings(kube: KubeApi, name: str) -> list[str]:
-    events = get_json(kube, "events", "--field-selector", f"involvedObject.name={name},type=Warning")
-    return [e["reason"] for e in events["items"]]
 
 
 def test_a_quota_refusal_is_shown_then_clears_when_the_quota_is_raised(ftj_api: KubeApi, operator: Operator,

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from finetune_operator import lifecycle as L
-from finetune_operator.observed import Observed, Refusal, pod_view
+from finetune_operator.observed import Observed, Refusal, owned, pod_view
 from tests.unit.test_lifecycle import META, SETTINGS, T0, condition, created, spec, step, worker
 
 QUOTA = Refusal(403, "Pod", "sentiment-a1-0", 'pods "sentiment-a1-0" is forbidden: exceeded quota: gpu, '
@@ -133,3 +133,13 @@ def test_a_restarted_group_that_cannot_be_scheduled_says_so() -> None:
     stuck = [worker(r, attempt=2, phase="Pending", waiting="ImagePullBackOff") for r in (0, 1)]
     d = step(after_backoff, stuck, at=61)
     assert (d.status["phase"], d.status["reason"]) == ("Restarting", "ImagePullBackOff")
+
+
+def test_only_pods_owned_by_this_incarnation_of_the_job_are_seen() -> None:
+    def owned_pod(uid: str) -> dict:
+        ref = {"kind": "FineTuneJob", "name": "sentiment", "uid": uid, "controller": True}
+        return {"metadata": {"name": f"sentiment-a1-{uid}", "ownerReferences": [ref]}, "status": {}}
+
+    old, new = pod_view(owned_pod("uid-old")), pod_view(owned_pod("uid-new"))
+    assert (old.owner_uid, new.owner_uid) == ("uid-old", "uid-new")
+    assert owned([old, new], "uid-new") == [new]
