@@ -22,6 +22,7 @@ from finetune_trainer.config import (
     DistillationSpec,
     Hyperparameters,
     ModelSpec,
+    PretrainingSpec,
     ProfilingSpec,
     S3Spec,
     Section,
@@ -152,6 +153,10 @@ class FineTuneJobSpec(Section):
     )
     distillation: DistillationSpec | None = Field(
         None, description="Knowledge distillation from a teacher model (docs/recipes/distillation.md)."
+    )
+    pretraining: PretrainingSpec | None = Field(
+        None, description="Masked-LM pretraining on unlabelled domain text before the classifier, in the same job "
+        "(docs/recipes/pretraining.md)."
     )
     output: str | None = Field(
         None, description="Where the final Hugging Face model is stored (s3:// or path)."

@@ -414,7 +414,8 @@ class _Machine:
         if record is None or self.phase not in TRAINING:
             return
         p = record.to_dict()  # finite numbers only
-        progress = {k: p[k] for k in ("step", "totalSteps", "epoch", "percent", "etaSeconds") if p.get(k) is not None}
+        fields = ("stage", "step", "totalSteps", "epoch", "percent", "etaSeconds")
+        progress = {k: p[k] for k in fields if p.get(k) is not None}
         metrics = p["metrics"]
         if "samples_per_second" in metrics:
             progress["samplesPerSecond"] = round(metrics["samples_per_second"], 2)

@@ -73,6 +73,10 @@ def preflight(cfg: TrainerConfig) -> None:
         from finetune_trainer import augment
 
         augment.check(ds.augmentation, cache)
+    if cfg.pretraining is not None:
+        from finetune_trainer import pretrain
+
+        pretrain.check(cfg, cache)
 
 
 def standalone_command(config: Path, nproc: int, max_restarts: int = 0) -> list[str]:

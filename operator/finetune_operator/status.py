@@ -35,6 +35,9 @@ class Condition(Section):
 
 
 class Progress(Section):
+    stage: Literal["pretraining", "finetuning"] | None = Field(
+        None, description="With spec.pretraining: the stage running (its own step count); absent otherwise."
+    )
     step: int = Field(0, ge=0)
     total_steps: int | None = Field(None, ge=0)
     epoch: Finite = 0.0

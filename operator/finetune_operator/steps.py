@@ -31,6 +31,7 @@ def trainer_config(job: api.FineTuneJob, output_dir: str, *, checkpoint_storage:
         progress_file=progress_file,
         profiling=spec.profiling,
         distillation=spec.distillation,
+        pretraining=spec.pretraining,
     )
 
 

@@ -403,6 +403,44 @@ def check_distillation(distillation: DistillationSpec | None, task: TaskSpec, da
                          "change each epoch, so cached teacher logits would not match them")
 
 
+class PretrainingSpec(Section):
+    """Domain-adaptive masked-LM pretraining of the encoder on unlabelled text, a first stage of the same job.
+
+    The encoder learns the domain's text by BERT's masked-token objective; the classifier stage starts from it."""
+
+    source: NonEmpty = Field(
+        description="Unlabelled domain text, same forms as dataset.train (file path or glob, s3://, package://, "
+        "hub dataset name); a .txt file is one text per line."
+    )
+    format: DataFormat = Field(DataFormat.AUTO, description="File format; auto uses the file extension.")
+    text_column: NonEmpty = Field("text", description="Column holding the text (a .txt file's lines are text).")
+    split: str | None = Field(None, description="Split of a hub dataset (default: train).")
+    max_samples: int | None = Field(None, ge=1, description="Use at most this many texts (seeded choice).")
+    epochs: float | None = Field(1.0, gt=0, description="Passes over the domain text.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
+    mask_probability: float = Field(0.15, gt=0, lt=1, description="Share of tokens (or words) masked.")
+    whole_word_mask: bool = Field(
+        False, description="Mask every piece of a word together (WordPiece '##' continuations with their word) "
+        "instead of single tokens; masked words are all replaced by the mask token."
+    )
+    learning_rate: float | None = Field(
+        None, gt=0, lt=1, description="Peak learning rate of this stage (default: hyperparameters.learningRate)."
+    )
+    batch_size: int | None = Field(
+        None, ge=1, le=4096, description="Texts per process per step (default: hyperparameters.batchSize)."
+    )
+    validation_split: float = Field(
+        0.05, gt=0, lt=0.5,
+        description="Share of the texts held out to measure the masked-LM loss before and after the stage.",
+    )
+
+    @model_validator(mode="after")
+    def _length(self) -> Self:
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("pretraining: one of epochs or maxSteps is required")
+        return self
+
+
 class TrainerConfig(Section):
     """Everything a trainer process needs: the job's sections plus where this run writes."""
 
@@ -422,6 +460,7 @@ class TrainerConfig(Section):
     progress_file: str | None = Field(None, description="JSON file rank 0 rewrites with progress.")
     profiling: ProfilingSpec | None = Field(None, description="Profile a few training steps of one rank.")
     distillation: DistillationSpec | None = Field(None, description="Learn from a teacher model as well.")
+    pretraining: PretrainingSpec | None = Field(None, description="Masked-LM stage on domain text first.")
 
     @model_validator(mode="after")
     def _distillation(self) -> Self:

@@ -53,6 +53,9 @@ SECRET_SECRET_KEY = "secretKey"
 
 PROGRESS_FILE = "progress.json"
 MODEL_OUTPUT = "model-output"
+# spec.pretraining's stage keeps its own checkpoints, its trained encoder and its completion marker here, under
+# the job's folder: a restart finds which stage it is in from what is committed.
+PRETRAINING_DIR = "pretraining"
 
 
 def job_key(namespace: str | None, name: str, uid: str | None) -> str:
@@ -74,6 +77,10 @@ def progress_key(namespace: str | None, name: str, uid: str | None) -> str:
 
 # --- progress -----------------------------------------------------------------------------------------------
 
+STAGE_PRETRAINING = "pretraining"  # spec.pretraining's masked-LM stage
+STAGE_FINETUNING = "finetuning"  # the classifier, after a pretraining stage
+STAGES = (STAGE_PRETRAINING, STAGE_FINETUNING)
+
 
 def _finite(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -94,15 +101,20 @@ class ProgressRecord:
     phase: str = "training"
     metrics: dict[str, float] = field(default_factory=dict)
     time: float | None = None
+    stage: str | None = None  # one of STAGES for a job with stages; None for a plain fine-tune
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", {k: v for k, v in self.metrics.items() if _finite(v) is not None})
         for name in ("epoch", "percent"):
             object.__setattr__(self, name, _finite(getattr(self, name)) or 0.0)
         object.__setattr__(self, "eta_seconds", _finite(self.eta_seconds))
+        if self.stage not in STAGES:
+            object.__setattr__(self, "stage", None)
 
     def to_dict(self) -> dict[str, Any]:
+        stage = {"stage": self.stage} if self.stage else {}
         return {
+            **stage,
             "phase": self.phase,
             "step": self.step,
             "totalSteps": self.total_steps,
@@ -134,6 +146,7 @@ class ProgressRecord:
             if isinstance(metrics, dict)
             else {},
             time=_finite(raw.get("time")),
+            stage=raw.get("stage") if isinstance(raw.get("stage"), str) else None,
         )
 
     @classmethod

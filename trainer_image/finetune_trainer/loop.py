@@ -185,8 +185,9 @@ class Trainer:
             sink = lambda payload: store.put_bytes(contract.PROGRESS_FILE, payload)  # noqa: E731
         self.progress = Progress(
             self.total_steps, enabled=info.is_main, progress_file=cfg.progress_file, start_step=self.state.step,
-            sink=sink,
+            sink=sink, stage=contract.STAGE_FINETUNING if cfg.pretraining else None,
         )
+        self.pretraining: dict[str, Any] | None = None  # spec.pretraining's summary, for metrics.json
         self.profiler = profiling.create(cfg.profiling, info.rank, info.world_size, self.out / "profile",
                                          self.ckpt.storage if self.ckpt is not None else None)
         for line in run_stats.describe(self.run_stats):
@@ -545,6 +546,7 @@ class Trainer:
             "batch_resizes": st.batch_resizes,
             "run_stats": self.run_stats,
             "peak_memory": _peak_memory(),
+            **({"pretraining": self.pretraining} if self.pretraining else {}),
         }
         if self.info.is_main:
             self._save(summary)
@@ -621,7 +623,11 @@ def fit(cfg: TrainerConfig) -> dict[str, Any]:
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         prepared = prepare_data(cfg, out / ".cache")
+        from finetune_trainer import pretrain
+
+        cfg, stage = pretrain.run_stage(cfg, info, prepared.tokenizer)  # the classifier starts from its encoder
         trainer = Trainer(cfg, info, prepared)
+        trainer.pretraining = stage
         try:
             trainer.resume()
             return trainer.run()

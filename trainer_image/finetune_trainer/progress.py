@@ -36,8 +36,9 @@ class Progress:
     """Progress of one run as seen from rank 0; every other rank gets a silent instance."""
 
     def __init__(self, total_steps: int, *, enabled: bool, progress_file: str | None, start_step: int = 0,
-                 sink: Callable[[bytes], None] | None = None):
+                 sink: Callable[[bytes], None] | None = None, stage: str | None = None):
         self.total = total_steps
+        self.stage = stage  # contract.STAGES, for a job with a pretraining stage
         self.sink = LatestWriter(sink) if sink is not None and enabled else None
         self.enabled = enabled
         self.file = Path(progress_file) if progress_file and enabled else None
@@ -78,7 +79,8 @@ class Progress:
             self.bar.refresh()
         else:
             fields = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-            log.info("step=%d/%d epoch=%.2f %s eta=%s", step, self.total, epoch, fields, _eta(eta))
+            stage = f"{self.stage} " if self.stage else ""
+            log.info("%sstep=%d/%d epoch=%.2f %s eta=%s", stage, step, self.total, epoch, fields, _eta(eta))
         self.write(step, epoch, values, phase, eta)
 
     def write(self, step: int, epoch: float, values: dict[str, Any], phase: str, eta: float | None = None) -> None:
@@ -93,6 +95,7 @@ class Progress:
             phase=phase,
             metrics={k: v for k, v in values.items() if isinstance(v, int | float)},
             time=time.time(),
+            stage=self.stage,
         )
         if self.file is not None:
             write_json_atomic(self.file, record.to_dict())
