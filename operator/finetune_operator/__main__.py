@@ -10,6 +10,7 @@ environment (finetune_operator.settings).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -39,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
 
     from finetune_operator import settings
 
+    if args.namespace:
+        # The handlers read their settings from the environment: named namespaces there too, so that kopf's
+        # cluster-wide scans (which a namespaced Role refuses) are switched off as with FINETUNE_NAMESPACES.
+        os.environ["FINETUNE_NAMESPACES"] = ",".join(args.namespace)
     cfg = settings.current()
     try:
         kopf_main.main(args=kopf_argv(args, cfg.namespaces, cfg.peering), prog_name="finetune operator")

@@ -28,6 +28,9 @@ EVENT_VERBS = ("create", "patch")
 OPERATOR_RULES: tuple[Rule, ...] = (
     Rule(("finetune.dev",), ("finetunejobs",), (*READ, "patch", "update")),
     Rule(("finetune.dev",), ("finetunejobs/status",), ("get", "patch", "update")),
+    # Children carry blockOwnerDeletion: the API server (OwnerReferencesPermissionEnforcement) lets only who may
+    # update the owner's finalizers set it.
+    Rule(("finetune.dev",), ("finetunejobs/finalizers",), ("update",)),
     Rule(("",), ("pods",), (*READ, "create", "delete", "patch")),
     Rule(("",), ("services", "configmaps"), (*READ, "create", "delete")),
     Rule(("",), ("pods/log",), ("get",)),

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.conftest import ROOT, get_json
+from tests.cluster.conftest import ROOT, get_json, service_account_kubeconfig
 from tests.fixtures.kube import KubeApi, eventually
 
 pytestmark = pytest.mark.slow
@@ -125,15 +125,8 @@ def test_token_from_token_request_authenticates_under_rbac(cluster_api: KubeApi,
            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-configmaps"},
            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns}]})  # fmt: skip
     # `kubectl create token` calls the TokenRequest API (serviceaccounts/token), as the kubelet does for a pod.
-    token = cluster_api.kubectl("create", "token", "reader", "--duration=10m").stdout.strip()
-    # The admin kubeconfig's current context may hold a client certificate, which would win over the token.
-    admin = yaml.safe_load(cluster_api.kubeconfig.read_text())
-    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
-    cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])["cluster"]
-    config = {"apiVersion": "v1", "kind": "Config", "current-context": "sa",
-              "clusters": [{"name": "c", "cluster": cluster}], "users": [{"name": "sa", "user": {"token": token}}],
-              "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa", "namespace": ns}}]}  # fmt: skip
-    (tmp_path / "sa.kubeconfig").write_text(yaml.safe_dump(config))
+    kubeconfig = service_account_kubeconfig(cluster_api, "reader", tmp_path / "sa.kubeconfig")
+    token = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"]
     as_reader = KubeApi(tmp_path / "sa.kubeconfig", ns, tmp_path, None)
     apply(cluster_api, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}})
 
