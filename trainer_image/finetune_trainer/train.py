@@ -42,10 +42,12 @@ def setup_logging() -> None:
 
 
 def report_error(error: Exception, exit_code: int) -> None:
-    """One line on stderr from rank 0, also in the container's termination message with the exit code for the
-    operator to read (torchrun itself exits 1 whatever its workers' codes, so the pod's exit code cannot say why)."""
-    if os.environ.get("RANK", "0") != "0":
-        return
+    """One ``error:`` line on stderr, also in the container's termination message with the exit code for the
+    operator to read (torchrun itself exits 1 whatever its workers' codes, so the pod's exit code cannot say why).
+
+    Every rank reports: the first to fail may be any of them, and torchrun stops the others (rank 0 included)
+    before they reach this point. Ranks of one pod share the file; they fail on the same input with the same line.
+    """
     contract.fail(error, exit_code)
 
 
