@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from finetune_operator import kube_rules
+from finetune_operator.ensemble_spec import EnsembleMethod, EnsembleSpec, resolve
 from finetune_trainer.config import (
     CheckpointSpec,
     ConfigError,
@@ -158,6 +159,9 @@ class FineTuneJobSpec(Section):
         None, description="Masked-LM pretraining on unlabelled domain text before the classifier, in the same job "
         "(docs/recipes/pretraining.md)."
     )
+    ensemble: EnsembleSpec | None = Field(
+        None, description="Train several members and serve them as one model (docs/recipes/ensemble.md)."
+    )
     output: str | None = Field(
         None, description="Where the final Hugging Face model is stored (s3:// or path)."
     )
@@ -189,9 +193,24 @@ class FineTuneJobSpec(Section):
                 f"(world size {self.resources.world_size})"
             )
         check_distillation(self.distillation, self.task, self.dataset)
+        self._check_ensemble()
         if self.serving.enabled and not self.serving.repository:
             raise ValueError("serving.repository is required when serving.enabled is true")
         return self
+
+    def _check_ensemble(self) -> None:
+        ens = self.ensemble
+        if ens is None:
+            return
+        try:
+            resolve(ens, self.hyperparameters.seed, self.model)
+        except ValueError as e:
+            raise ValueError(f"ensemble.{e}") from None
+        if ens.method == EnsembleMethod.VOTE and self.task.type != TaskType.SINGLE_LABEL:
+            raise ValueError(f"ensemble.method vote needs task.type single_label_classification, got {self.task.type}")
+        if self.serving.quantize or self.serving.backend == ServingBackend.TENSORRT:
+            raise ValueError("ensemble is served as one fp32 ONNX graph: serving.quantize and serving.backend "
+                             "tensorrt are not supported with it")
 
 
 class Metadata(Section):

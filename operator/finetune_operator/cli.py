@@ -15,10 +15,14 @@ import argparse
 import importlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from finetune_operator.api import load_job_file
+from finetune_operator.api import FineTuneJob, load_job_file
 from finetune_operator.crd import crd_yaml
 from finetune_trainer.errors import InputError
+
+if TYPE_CHECKING:
+    from finetune_operator import local
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -32,6 +36,8 @@ def _run(args: argparse.Namespace) -> int:
         job.spec.hyperparameters = hp.model_copy(update={"max_steps": args.max_steps})
     run = local.LocalRun(Path(args.resume) if args.resume else local.new_run_dir(Path(args.runs), job.metadata.name))
     print(f"finetune: {job.metadata.name} -> {run.dir}", file=sys.stderr, flush=True)
+    if job.spec.ensemble is not None:
+        return _run_ensemble(job, run, args)
     code = local.launch(job, run, nproc=args.nproc, max_restarts=args.max_restarts, metrics_port=args.metrics_port)
     if code != 0:
         print(f"finetune: training failed (exit {code}); logs above, config in {run.config}", file=sys.stderr)
@@ -43,6 +49,18 @@ def _run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return code
     print(local.summary(run))
+    return 0
+
+
+def _run_ensemble(job: FineTuneJob, run: local.LocalRun, args: argparse.Namespace) -> int:
+    from finetune_operator import ensemble_local
+
+    code = ensemble_local.run_ensemble(job, run, nproc=args.nproc, max_restarts=args.max_restarts,
+                                       metrics_port=args.metrics_port)
+    if code != 0:
+        print(f"finetune: the ensemble failed (exit {code}); logs above, members in {run.dir}", file=sys.stderr)
+        return code
+    print(ensemble_local.summary(run))
     return 0
 
 

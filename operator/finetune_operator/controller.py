@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -22,7 +23,7 @@ from typing import Any
 
 import kopf
 
-from finetune_operator import api, confirm, lifecycle, observed, resources
+from finetune_operator import api, confirm, ensemble_status, lifecycle, observed, resources
 from finetune_operator import status as status_model
 from finetune_operator.kube import Kube, KubeError
 from finetune_operator.metrics import METRICS, OperatorMetrics
@@ -44,6 +45,8 @@ class JobMemory:
     deleted: dict[str, float] = field(default_factory=dict)
     progress_read: float = 0.0
     progress: dict[str, Any] | None = None
+    members: list[dict[str, Any] | None] = field(default_factory=list)
+    ensemble_metrics: dict[str, Any] | None = None
     logs: dict[str, str] = field(default_factory=dict)
     refused: Refusal | None = None  # the API server's answer to the last create that failed, until one succeeds
 
@@ -126,6 +129,8 @@ class Controller:
         if job is not None and phase in lifecycle.TRAINING:
             finishing = any(p.component == resources.TRAINER and p.phase == "Succeeded" for p in pods)
             progress = await self.read_progress(job, meta.uid, memory, force=finishing)
+        if job is not None and job.spec.ensemble is not None and phase in (lifecycle.EXPORTING, lifecycle.PUBLISHING):
+            await self.read_ensemble_metrics(job, meta.uid, memory)
         served = None
         if job is not None and observed.wants_confirmation(memory.status, pods):
             serving = job.spec.serving
@@ -133,7 +138,8 @@ class Controller:
             version = observed.published_version(memory.status, pods)
             served = await asyncio.to_thread(confirm.confirm, serving.triton_url, name, version)
         now = datetime.now(UTC)
-        seen = Observed(pods=pods, progress=progress, served=served, refused=memory.refused)
+        seen = Observed(pods=pods, progress=progress, served=served, refused=memory.refused,
+                        members=memory.members, ensemble_metrics=memory.ensemble_metrics)
         decision = lifecycle.reconcile(job_meta, spec, memory.status, seen, now, self.settings)
         refused_before = memory.refused
         await self.apply(body, job_meta, decision, memory)
@@ -198,9 +204,35 @@ class Controller:
             return None
         memory.progress_read = time.monotonic()
         layout_uid = None if status_model.legacy_layout(memory.status) else uid
+        keys = ensemble_status.progress_keys(job, layout_uid)
+        if keys:  # an ensemble: one record per member, the job's progress is the slowest member's
+            read = await asyncio.to_thread(lambda: [self._read_progress(root, k, job) for k in keys])
+            memory.members = [new or old for new, old in zip(read, memory.members or [None] * len(read), strict=True)]
+            memory.progress = ensemble_status.slowest(memory.members) or memory.progress
+            return memory.progress
         key = contract.progress_key(job.metadata.namespace, job.metadata.name, layout_uid)
         memory.progress = await asyncio.to_thread(self._read_progress, root, key, job) or memory.progress
         return memory.progress
+
+    async def read_ensemble_metrics(self, job: api.FineTuneJob, uid: str, memory: JobMemory) -> None:
+        """The combine step's ``ensemble/metrics.json``, until it has been read once."""
+        root = job.spec.checkpoint.storage or self.settings.default_storage
+        if root is None or memory.ensemble_metrics is not None:
+            return
+        key = ensemble_status.metrics_key(job, None if status_model.legacy_layout(memory.status) else uid)
+        memory.ensemble_metrics = await asyncio.to_thread(self._read_json, root, key, job)
+
+    def _read_json(self, root: str, key: str, job: api.FineTuneJob) -> dict | None:
+        from finetune_trainer.storage import NotFoundError, StorageError
+
+        try:
+            raw = json.loads(self._storage(root, job).get_bytes(key))
+        except NotFoundError:
+            return None
+        except (StorageError, ValueError) as e:
+            log.warning("%s/%s: cannot read %s: %s", job.metadata.namespace, job.metadata.name, key, e)
+            return None
+        return raw if isinstance(raw, dict) else None
 
     def _read_progress(self, root: str, key: str, job: api.FineTuneJob) -> dict | None:
         """The progress record at ``key``, finite numbers only (finetune_trainer.contract)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from finetune_operator import api, resources
+from finetune_operator import api, ensemble_status, resources
 from finetune_operator import status as status_model
 from finetune_operator.observed import Failure, Observed, PodView, Refusal, classify
 from finetune_operator.settings import Settings
@@ -145,6 +145,7 @@ class _Machine:
         if self.deadline_passed():
             return self.d
         self.read_progress()
+        self.read_ensemble()
         if self.observed.refused is not None and self.refused(self.observed.refused):
             return self.d
         phase = self.phase
@@ -216,7 +217,7 @@ class _Machine:
     def training(self) -> None:
         assert self.job is not None
         attempt = int(self.s.get("attempt") or 1)
-        nodes = self.job.spec.resources.nodes
+        slots = resources.worker_slots(self.job)  # (member, rank): one worker group per ensemble member
         workers = [p for p in self.pods(resources.TRAINER) if p.attempt == attempt]
         stale = [p for p in self.active(resources.TRAINER) if p.attempt != attempt]
         self.delete_pods(stale)
@@ -231,17 +232,17 @@ class _Machine:
             return
         failures = [(p, f) for p in workers if (f := classify(p))]
         if self.phase == RUNNING:
-            seen = {p.rank for p in workers}
+            seen = {(p.member, p.rank) for p in workers}
             failures += [
-                (None, Failure(False, "PodDeleted", f"pod {resources.worker_name(self.meta.name, attempt, r)} "
+                (None, Failure(False, "PodDeleted", f"pod {resources.worker_name(self.meta.name, attempt, r, m)} "
                                "disappeared"))
-                for r in range(nodes) if r not in seen
+                for m, r in slots if (m, r) not in seen
             ]  # fmt: skip
         if failures:
             self.worker_failed(workers, [f for _, f in failures])
             return
-        by_rank = {p.rank: p for p in workers}
-        if len(by_rank) < nodes:
+        by_rank = {(p.member, p.rank): p for p in workers}
+        if len(by_rank) < len(slots):
             # Created but not observed yet, or lost before it ever ran: creating again is idempotent.
             self.create_group()
             return
@@ -250,7 +251,7 @@ class _Machine:
         if all(p.phase == "Succeeded" for p in by_rank.values()):
             self.training_done()
         elif all(p.phase in ("Running", "Succeeded") for p in by_rank.values()) and self.phase != RUNNING:
-            self.transition(RUNNING, "Running", f"{nodes} worker pod(s) of attempt {attempt} running")
+            self.transition(RUNNING, "Running", f"{len(slots)} worker pod(s) of attempt {attempt} running")
 
     def waiting(self, attempt: int, workers: list[PodView]) -> None:
         """Say why the group's pods wait, as the cluster reports it (Unschedulable, ImagePullBackOff, ...);
@@ -391,8 +392,9 @@ class _Machine:
         pods = self.pods(resources.TRAINER) + self.pods(resources.EXPORTER)
         self.delete_pods(pods)
         if pods:
-            attempts = {p.attempt for p in pods if p.component == resources.TRAINER}
-            self.d.delete += [("configmaps", resources.config_name(self.meta.name, a)) for a in sorted(attempts)]
+            groups = {(p.attempt, p.member) for p in pods if p.component == resources.TRAINER}
+            self.d.delete += [("configmaps", resources.config_name(self.meta.name, a, m))
+                              for a, m in sorted(groups, key=lambda g: (g[0], g[1] or 0))]  # fmt: skip
             self.d.events.append(Event("Normal", "Cleanup", f"deleted {len(pods)} finished pod(s) after {ttl}s"))
 
     def deadline_passed(self) -> bool:
@@ -422,6 +424,19 @@ class _Machine:
         self.s["progress"] = progress
         kept = {k: round(v, 6) for k, v in metrics.items() if k not in ("eval", "samples_per_second")}
         self.s["metrics"] = {**(self.s.get("metrics") or {}), **kept}
+
+
+    def read_ensemble(self) -> None:
+        """``status.ensemble``; once combined, ``status.metrics`` shows the served ensemble's validation metrics."""
+        if self.job is None or self.job.spec.ensemble is None:
+            return
+        combined = self.observed.ensemble_metrics
+        self.s["ensemble"] = ensemble_status.summary(self.job, self.observed.members or [], combined,
+                                                     self.s.get("ensemble"))  # fmt: skip
+        if combined:
+            validation = ensemble_status.flat_metrics({"validation": combined.get("validation")})
+            self.s["metrics"] = {**(self.s.get("metrics") or {}),
+                                 **{k.removeprefix("validation_"): v for k, v in validation.items()}}  # fmt: skip
 
 
 def reconcile(meta: JobMeta, spec: Any, status: dict | None, observed: Observed, now: datetime,

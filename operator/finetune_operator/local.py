@@ -63,7 +63,7 @@ def preflight(cfg: TrainerConfig) -> None:
     cache = Path(cfg.output_dir) / ".cache"
     ds = cfg.dataset
     check_sequence_length(cfg.model, cfg.hyperparameters, cache)
-    roles = load_roles(ds, cfg.task, cfg.hyperparameters.seed, cache)
+    roles = load_roles(ds, cfg.task, cfg.hold_out_seed, cache)
     names = roles.label_names
     for split in (roles.train, roles.validation, roles.test):
         if split is not None:
@@ -98,7 +98,7 @@ def new_run_dir(root: Path, name: str) -> Path:
 
 
 def launch(job: FineTuneJob, run: LocalRun, *, nproc: int | None = None, max_restarts: int = 0,
-           metrics_port: int | None = None) -> int:
+           metrics_port: int | None = None, split_seed: int | None = None) -> int:
     """Write the trainer config, check the inputs, run torchrun; returns its exit code.
 
     Raises:
@@ -107,7 +107,7 @@ def launch(job: FineTuneJob, run: LocalRun, *, nproc: int | None = None, max_res
     run.dir.mkdir(parents=True, exist_ok=True)
     cfg = trainer_config(
         job, str(run.dir), checkpoint_storage=str(run.dir / CHECKPOINT_DIR), progress_file=str(run.progress),
-        metrics_port=metrics_port,
+        metrics_port=metrics_port, split_seed=split_seed,
     )
     run.config.write_text(cfg.to_json(), encoding="utf-8")
     preflight(cfg)
@@ -119,11 +119,16 @@ def launch(job: FineTuneJob, run: LocalRun, *, nproc: int | None = None, max_res
     return subprocess.call(standalone_command(run.config, procs, max_restarts), env=env)
 
 
-def export_and_publish(job: FineTuneJob, run: LocalRun) -> int:
-    """Export the trained model to ONNX and publish it into ``spec.serving.repository``, as the export pod does."""
+def prepare_repository(job: FineTuneJob) -> None:
+    """Create a local ``spec.serving.repository`` folder (an s3:// one needs nothing)."""
     repository = job.spec.serving.repository or ""
     if "://" not in repository or repository.startswith("file://"):
         Path(repository.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+
+
+def export_and_publish(job: FineTuneJob, run: LocalRun) -> int:
+    """Export the trained model to ONNX and publish it into ``spec.serving.repository``, as the export pod does."""
+    prepare_repository(job)
     trainer = [sys.executable, "-m", "finetune_trainer"]
     code = subprocess.call([*trainer, *export_args(job, str(run.model), str(run.export))])
     if code == 0:

@@ -24,6 +24,7 @@ class PodView:
     component: str
     attempt: int = 0
     rank: int = 0
+    member: int | None = None  # an ensemble member's worker group; None without an ensemble
     export: int = 0
     phase: str = "Pending"
     deleting: bool = False
@@ -65,6 +66,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         component=lbl.get(resources.COMPONENT_LABEL, ""),
         attempt=_int(lbl.get(resources.ATTEMPT_LABEL)),
         rank=_int(lbl.get(resources.RANK_LABEL)),
+        member=_int(lbl[resources.MEMBER_LABEL]) if resources.MEMBER_LABEL in lbl else None,
         export=_int(lbl.get(resources.EXPORT_LABEL)),
         phase=status.get("phase") or "Pending",
         deleting=bool(meta.get("deletionTimestamp")),
@@ -165,6 +167,8 @@ class Observed:
     progress: dict[str, Any] | None = None
     served: Served | None = None
     refused: Refusal | None = None
+    members: list[dict[str, Any] | None] | None = None  # an ensemble's member progress records, by index
+    ensemble_metrics: dict[str, Any] | None = None  # its combine step's held-out metrics (ensemble/metrics.json)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,12 @@ Children of one job, all owned by it (ownerReferences) and labelled for selectio
   A new attempt (after a failure or a resume) gets new pods; the trainer resumes from the newest checkpoint.
 - ``<job>-export-<n>``: the export pod: exports the trained model (init container, reading it from the job's
   output, local or S3) and publishes it into the Triton repository (main container).
+
+With ``spec.ensemble`` each member is its own worker group of the same attempt, side by side:
+``<job>-a<attempt>-m<k>-config`` and ``<job>-a<attempt>-m<k>-<rank>`` (label ``finetune.dev/member``), its own
+rendezvous (id ``<uid>-<attempt>-m<k>``, on host ``<job>-workers-<k x nodes>``), checkpoints and progress in
+``<job storage>/members/<k>`` and model in ``<output>/members/<k>``; the export pod exports every member and
+combines them into one model (``finetune_trainer.ensemble``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import copy
 from typing import Any
 
 from finetune_operator import api
+from finetune_operator.ensemble_spec import Member
+from finetune_operator.ensemble_steps import combine_args, member_job, member_path, members
 from finetune_operator.settings import RDZV_PORT, Settings
 from finetune_operator.steps import export_args, publish_args, trainer_config
 from finetune_trainer import contract
@@ -28,6 +36,7 @@ JOB_LABEL = "finetune.dev/job"
 ATTEMPT_LABEL = "finetune.dev/attempt"
 RANK_LABEL = "finetune.dev/rank"
 EXPORT_LABEL = "finetune.dev/export"
+MEMBER_LABEL = "finetune.dev/member"
 APP = "finetune-operator"
 TRAINER = "trainer"
 EXPORTER = "exporter"
@@ -50,40 +59,58 @@ def hostname(job: str, rank: int) -> str:
     return f"{job}-workers-{rank}"
 
 
-def config_name(job: str, attempt: int) -> str:
-    return f"{job}-a{attempt}-config"
+def _group(attempt: int, member: int | None) -> str:
+    return f"a{attempt}" if member is None else f"a{attempt}-m{member}"
 
 
-def worker_name(job: str, attempt: int, rank: int) -> str:
-    return f"{job}-a{attempt}-{rank}"
+def config_name(job: str, attempt: int, member: int | None = None) -> str:
+    return f"{job}-{_group(attempt, member)}-config"
+
+
+def worker_name(job: str, attempt: int, rank: int, member: int | None = None) -> str:
+    return f"{job}-{_group(attempt, member)}-{rank}"
+
+
+def worker_slots(job: api.FineTuneJob) -> list[tuple[int | None, int]]:
+    """(member, rank) of every worker pod of an attempt: member None without an ensemble."""
+    nodes = job.spec.resources.nodes
+    groups: list[int | None] = [m.index for m in members(job)] or [None]
+    return [(m, r) for m in groups for r in range(nodes)]
+
+
+def _slot(job: api.FineTuneJob, member: int | None, rank: int) -> int:
+    """The pod's place among all the attempt's pods, which numbers its hostname."""
+    return (member or 0) * job.spec.resources.nodes + rank
 
 
 def export_name(job: str, n: int) -> str:
     return f"{job}-export-{n}"
 
 
-def rendezvous_endpoint(job: str, nodes: int) -> str:
-    """c10d rendezvous host: rank 0's pod DNS name; a one-pod group rendezvouses inside its pod."""
+def rendezvous_endpoint(job: str, nodes: int, first: int = 0) -> str:
+    """c10d rendezvous host: the group's rank 0 pod DNS name (``first``: its hostname's number); a one-pod
+    group rendezvouses inside its pod."""
     if nodes == 1:
         return "localhost:0"
-    return f"{hostname(job, 0)}.{service_name(job)}:{RDZV_PORT}"
+    return f"{hostname(job, first)}.{service_name(job)}:{RDZV_PORT}"
 
 
 def name_errors(job: str, nodes: int) -> list[str]:
-    """Reasons the children's DNS names would be invalid for this job name and node count."""
+    """Reasons the children's DNS names would be invalid for this job name and pod count (nodes x members)."""
     if job[:1] and not job[:1].isalpha():
         return [f"metadata.name: must start with a lowercase letter: the workers' Service {service_name(job)!r} "
                 f"must be a DNS-1035 label (for example 'ft-{job}')"]  # fmt: skip
     longest = hostname(job, max(nodes - 1, 0))
     if len(longest) > MAX_DNS_LABEL:
         room = MAX_DNS_LABEL - len(longest) + len(job)
-        return [f"metadata.name: at most {room} characters for {nodes} nodes (pod hostname {longest!r} is too long)"]
+        return [f"metadata.name: at most {room} characters for {nodes} worker pods (pod hostname {longest!r} is too "
+                "long)"]
     return []
 
 
 def spec_errors(job: api.FineTuneJob, settings: Settings) -> list[str]:
     """What a valid spec still cannot do on this cluster, one message per field."""
-    errors = name_errors(job.metadata.name, job.spec.resources.nodes)
+    errors = name_errors(job.metadata.name, len(worker_slots(job)))
     if not job.spec.checkpoint.storage and not settings.default_storage:
         errors.append(
             "spec.checkpoint.storage: required on a cluster (pods are ephemeral; checkpoints, progress and the "
@@ -102,7 +129,7 @@ def spec_errors(job: api.FineTuneJob, settings: Settings) -> list[str]:
 
 def labels(job: str, component: str, **extra: str | int) -> dict[str, str]:
     out = {NAME_LABEL: APP, COMPONENT_LABEL: component, JOB_LABEL: job}
-    keys = {"attempt": ATTEMPT_LABEL, "rank": RANK_LABEL, "export": EXPORT_LABEL}
+    keys = {"attempt": ATTEMPT_LABEL, "rank": RANK_LABEL, "export": EXPORT_LABEL, "member": MEMBER_LABEL}
     out.update({keys[k]: str(v) for k, v in extra.items()})
     return out
 
@@ -266,14 +293,30 @@ def trainer_config_for(job: api.FineTuneJob, settings: Settings, uid: str, *,
     )
 
 
+def member_config_for(job: api.FineTuneJob, settings: Settings, uid: str, member: Member, *,
+                      legacy_layout: bool = False) -> TrainerConfig:  # fmt: skip
+    """Member ``member``'s TrainerConfig: its seed and model, the job's hold-outs, and its own folders (checkpoints
+    and progress in ``<job storage>/members/<k>``, model in ``<output>/members/<k>``)."""
+    output = model_output(job, settings, uid, legacy_layout=legacy_layout)
+    with_output = job.model_copy(update={"spec": job.spec.model_copy(update={"output": output})})
+    key = contract.member_uid(None if legacy_layout else uid, member.index)
+    cfg = trainer_config_for(member_job(with_output, member), settings, key)
+    return cfg.model_copy(update={"split_seed": job.spec.hyperparameters.seed})
+
+
 def config_map(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings, *,
-               legacy_layout: bool = False) -> dict[str, Any]:  # fmt: skip
+               legacy_layout: bool = False, member: Member | None = None) -> dict[str, Any]:  # fmt: skip
     name = job.metadata.name
-    cfg = trainer_config_for(job, settings, uid, legacy_layout=legacy_layout)
+    index = None if member is None else member.index
+    if member is None:
+        cfg = trainer_config_for(job, settings, uid, legacy_layout=legacy_layout)
+    else:
+        cfg = member_config_for(job, settings, uid, member, legacy_layout=legacy_layout)
+    lbls = labels(name, TRAINER, attempt=attempt, **({} if index is None else {"member": index}))
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(job, uid, config_name(name, attempt), labels(name, TRAINER, attempt=attempt)),
+        "metadata": _metadata(job, uid, config_name(name, attempt, index), lbls),
         "data": {"trainer.json": cfg.to_json() + "\n"},
     }
 
@@ -297,16 +340,18 @@ def service(job: api.FineTuneJob, uid: str) -> dict[str, Any]:
     }
 
 
-def worker_command(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings) -> list[str]:
-    """A worker pod's torchrun: one of ``nodes`` agents meeting at rank 0's c10d rendezvous."""
+def worker_command(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings,
+                   member: int | None = None) -> list[str]:  # fmt: skip
+    """A worker pod's torchrun: one of ``nodes`` agents meeting at its group's rank 0 c10d rendezvous."""
     res = job.spec.resources
+    rdzv_id = f"{uid}-{attempt}" if member is None else f"{uid}-{attempt}-m{member}"
     return [
         settings.trainer_command,
         f"--nnodes={res.nodes}",
         f"--nproc-per-node={res.procs}",
         "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={rendezvous_endpoint(job.metadata.name, res.nodes)}",
-        f"--rdzv-id={uid}-{attempt}",
+        f"--rdzv-endpoint={rendezvous_endpoint(job.metadata.name, res.nodes, _slot(job, member, 0))}",
+        f"--rdzv-id={rdzv_id}",
         f"--max-restarts={settings.torchrun_max_restarts}",
         "-m",
         "finetune_trainer",
@@ -316,7 +361,8 @@ def worker_command(job: api.FineTuneJob, uid: str, attempt: int, settings: Setti
     ]
 
 
-def worker_pod(job: api.FineTuneJob, uid: str, attempt: int, rank: int, settings: Settings) -> dict[str, Any]:
+def worker_pod(job: api.FineTuneJob, uid: str, attempt: int, rank: int, settings: Settings,
+               member: int | None = None) -> dict[str, Any]:  # fmt: skip
     name = job.metadata.name
     res = job.spec.resources
     env = [
@@ -328,7 +374,7 @@ def worker_pod(job: api.FineTuneJob, uid: str, attempt: int, rank: int, settings
     if not res.gpus_per_node and res.cpu:
         # torchrun sets one thread per process; on CPU share the pod's cores instead.
         env.append({"name": "OMP_NUM_THREADS", "value": str(_threads(res.cpu, res.procs))})
-    container = _container(job, settings, "trainer", worker_command(job, uid, attempt, settings), env)
+    container = _container(job, settings, "trainer", worker_command(job, uid, attempt, settings, member), env)
     ports = [{"name": "rdzv", "containerPort": RDZV_PORT, "protocol": "TCP"}]
     if settings.trainer_metrics_port:
         # Local process k serves on port + k (finetune_trainer.metrics); the PodMonitor keeps metrics and metrics-N.
@@ -345,14 +391,15 @@ def worker_pod(job: api.FineTuneJob, uid: str, attempt: int, rank: int, settings
     if res.shm_size:
         shm["sizeLimit"] = res.shm_size
     volumes = [
-        {"name": "config", "configMap": {"name": config_name(name, attempt)}},
+        {"name": "config", "configMap": {"name": config_name(name, attempt, member)}},
         {"name": "work", "emptyDir": {}},
         {"name": "dshm", "emptyDir": shm},
     ]
     spec = _pod_spec(job, settings, [container], volumes)
-    spec["hostname"] = hostname(name, rank)
+    spec["hostname"] = hostname(name, _slot(job, member, rank))
     spec["subdomain"] = service_name(name)
-    meta = _metadata(job, uid, worker_name(name, attempt, rank), labels(name, TRAINER, attempt=attempt, rank=rank))
+    extra = {"attempt": attempt, "rank": rank} | ({} if member is None else {"member": member})
+    meta = _metadata(job, uid, worker_name(name, attempt, rank, member), labels(name, TRAINER, **extra))
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 
@@ -367,9 +414,14 @@ def _threads(cpu: str, procs: int) -> int:
 
 def worker_group(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings, *,
                  legacy_layout: bool = False) -> list[dict[str, Any]]:  # fmt: skip
-    """Everything one training attempt needs, in creation order: config, service, one pod per node."""
-    pods = [worker_pod(job, uid, attempt, r, settings) for r in range(job.spec.resources.nodes)]
-    return [config_map(job, uid, attempt, settings, legacy_layout=legacy_layout), service(job, uid), *pods]
+    """Everything one training attempt needs, in creation order: config, service, one pod per node; with an
+    ensemble, a config per member and one pod per node of every member (each member its own worker group)."""
+    pods = [worker_pod(job, uid, attempt, r, settings, m) for m, r in worker_slots(job)]
+    ms = members(job)
+    configs = [config_map(job, uid, attempt, settings, legacy_layout=legacy_layout, member=m) for m in ms] or [
+        config_map(job, uid, attempt, settings, legacy_layout=legacy_layout)
+    ]
+    return [*configs, service(job, uid), *pods]
 
 
 # --- export and publication ---------------------------------------------------------------------------------
@@ -378,16 +430,37 @@ def worker_group(job: api.FineTuneJob, uid: str, attempt: int, settings: Setting
 def export_containers(job: api.FineTuneJob, uid: str, settings: Settings, *,
                       legacy_layout: bool = False) -> tuple[list[dict], dict]:  # fmt: skip
     """The export init container (it reads the trained model from the job's output, local or s3://) and the
-    publish container (the job's uid is its idempotency key: one model version per job)."""
+    publish container (the job's uid is its idempotency key: one model version per job). An ensemble has one
+    export init container per member and a ``combine`` one after them."""
     py = [settings.trainer_python, "-m", "finetune_trainer"]
     storage_env = s3_env(job.spec.checkpoint.s3)
-    model = f"{model_output(job, settings, uid, legacy_layout=legacy_layout)}/model"
-    export = [*py, *export_args(job, model, f"{WORK_DIR}/export")]
-    exporter = _container(job, settings, "export", export, storage_env)
-    exporter["resources"] = _resources(job.spec.resources)
+    output = model_output(job, settings, uid, legacy_layout=legacy_layout)
+    steps = []
+    for m in members(job) or [None]:
+        where = f"{WORK_DIR}/export" if m is None else f"{member_path(WORK_DIR, m.index)}/export"
+        one = job if m is None else member_job(job, m)
+        model = f"{output if m is None else member_path(output or '', m.index)}/model"
+        name = "export" if m is None else f"export-m{m.index}"
+        steps.append(_container(job, settings, name, [*py, *export_args(one, model, where)], storage_env))
+    if job.spec.ensemble is not None:
+        steps.append(_container(job, settings, "combine", [*py, *_combine(job, uid, settings, legacy_layout)],
+                                storage_env))
+    for step in steps:
+        step["resources"] = _resources(job.spec.resources)
     publish = [*py, *publish_args(job, f"{WORK_DIR}/export", gpu=bool(job.spec.resources.gpus_per_node), key=uid)]
     publisher = _container(job, settings, "publish", publish, s3_env(job.spec.serving.s3) or storage_env)
-    return [exporter], publisher
+    return steps, publisher
+
+
+def _combine(job: api.FineTuneJob, uid: str, settings: Settings, legacy_layout: bool) -> list[str]:
+    """The combine step's arguments: member 0's config names the held-out splits every member shares; the
+    ensemble's metrics go to ``<job storage>/ensemble/metrics.json``, where the operator reads them."""
+    ms = members(job)
+    exports = [f"{member_path(WORK_DIR, m.index)}/export" for m in ms]
+    storage = job_storage(job, settings, uid, legacy_layout=legacy_layout)
+    config = member_config_for(job, settings, uid, ms[0], legacy_layout=legacy_layout).model_dump_json(by_alias=True)
+    metrics = f"{storage}/{contract.ENSEMBLE_METRICS}" if storage else None
+    return combine_args(job, exports, f"{WORK_DIR}/export", config_json=config, metrics_to=metrics)
 
 
 def export_pod(job: api.FineTuneJob, uid: str, n: int, settings: Settings, *,

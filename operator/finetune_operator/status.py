@@ -54,6 +54,27 @@ class ModelStatus(Section):
     ready: bool = False
 
 
+class MemberStatus(Section):
+    """One ensemble member: what trains it, how far it is, its latest metrics."""
+
+    index: int = Field(ge=0)
+    seed: int = Field(ge=0)
+    model: str
+    step: int | None = Field(None, ge=0)
+    percent: Finite | None = Field(None, ge=0)
+    metrics: dict[str, Finite] = Field(default_factory=dict, description="Its latest training and evaluation metrics.")
+
+
+class EnsembleStatus(Section):
+    """The members of spec.ensemble and, once combined, the served ensemble's own held-out metrics."""
+
+    method: str
+    members: list[MemberStatus] = Field(default_factory=list)
+    metrics: dict[str, Finite] = Field(
+        default_factory=dict, description="The combined model on the hold-outs: validation_<metric>, test_<metric>."
+    )
+
+
 class FineTuneJobStatus(Section):
     """Observed state, written by the operator only."""
 
@@ -74,6 +95,7 @@ class FineTuneJobStatus(Section):
     completion_time: Time | None = None
     model: ModelStatus | None = None
     retry_after: Time | None = Field(None, description="Earliest time the next worker group or export try may start.")
+    ensemble: EnsembleStatus | None = None
     export_attempt: int = Field(0, ge=0)
     export_start_time: Time | None = None
 

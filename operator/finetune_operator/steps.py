@@ -9,9 +9,9 @@ from finetune_trainer.config import TrainerConfig
 
 def trainer_config(job: api.FineTuneJob, output_dir: str, *, checkpoint_storage: str | None = None,
                    progress_file: str | None = None, metrics_port: int | None = None,
-                   uid: str | None = None) -> TrainerConfig:
+                   uid: str | None = None, split_seed: int | None = None) -> TrainerConfig:
     """The trainer's config for ``job``: its trainer sections plus where this run writes (``uid`` keys the
-    job's storage folder on a cluster; a local run has none)."""
+    job's storage folder on a cluster; a local run has none; ``split_seed``: see TrainerConfig)."""
     spec = job.spec
     checkpoint = spec.checkpoint
     if checkpoint_storage and not checkpoint.storage:
@@ -32,6 +32,7 @@ def trainer_config(job: api.FineTuneJob, output_dir: str, *, checkpoint_storage:
         profiling=spec.profiling,
         distillation=spec.distillation,
         pretraining=spec.pretraining,
+        split_seed=split_seed,
     )
 
 

@@ -198,7 +198,8 @@ def test_export_pod_exports_then_publishes_with_the_repository_credentials() -> 
 
 def test_a_name_too_long_for_pod_hostnames_is_reported() -> None:
     assert resources.name_errors("a" * 52, 101) == [
-        f"metadata.name: at most 51 characters for 101 nodes (pod hostname {'a' * 52 + '-workers-100'!r} is too long)"
+        f"metadata.name: at most 51 characters for 101 worker pods (pod hostname {'a' * 52 + '-workers-100'!r} is "
+        "too long)"
     ]
     assert resources.name_errors("a" * 52, 100) == []
 

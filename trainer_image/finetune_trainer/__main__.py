@@ -3,6 +3,7 @@
     torchrun --nproc-per-node=2 -m finetune_trainer train --config job.json
     python -m finetune_trainer export --model RUN/model --out RUN/export
     python -m finetune_trainer publish --export RUN/export --repository s3://bucket/models --name my-model
+    python -m finetune_trainer combine --member RUN/members/0/export --member ... --out RUN/export
 
 Each subcommand lives in its own module and exposes ``main(argv) -> int``.
 """
@@ -17,6 +18,7 @@ COMMANDS = {
     "train": "finetune_trainer.train",
     "export": "finetune_trainer.export",
     "publish": "finetune_trainer.publish",
+    "combine": "finetune_trainer.ensemble",
 }
 
 

@@ -461,6 +461,14 @@ class TrainerConfig(Section):
     profiling: ProfilingSpec | None = Field(None, description="Profile a few training steps of one rank.")
     distillation: DistillationSpec | None = Field(None, description="Learn from a teacher model as well.")
     pretraining: PretrainingSpec | None = Field(None, description="Masked-LM stage on domain text first.")
+    split_seed: int | None = Field(
+        None, ge=0, description="Seed of the validation/test hold-outs (default hyperparameters.seed); the members "
+        "of an ensemble share the job's, so all of them hold out the same rows."
+    )
+
+    @property
+    def hold_out_seed(self) -> int:
+        return self.hyperparameters.seed if self.split_seed is None else self.split_seed
 
     @model_validator(mode="after")
     def _distillation(self) -> Self:

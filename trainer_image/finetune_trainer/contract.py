@@ -56,6 +56,8 @@ MODEL_OUTPUT = "model-output"
 # spec.pretraining's stage keeps its own checkpoints, its trained encoder and its completion marker here, under
 # the job's folder: a restart finds which stage it is in from what is committed.
 PRETRAINING_DIR = "pretraining"
+MEMBERS_DIR = "members"  # an ensemble's members, each in <job folder>/members/<index> and <output>/members/<index>
+ENSEMBLE_METRICS = "ensemble"  # <job folder>/ensemble/metrics.json: the combined model's held-out metrics
 
 
 def job_key(namespace: str | None, name: str, uid: str | None) -> str:
@@ -63,6 +65,12 @@ def job_key(namespace: str | None, name: str, uid: str | None) -> str:
     without a uid (local runs, and jobs an older operator started)."""
     key = f"{namespace or 'default'}/{name}"
     return f"{key}/{uid}" if uid else key
+
+
+def member_uid(uid: str | None, index: int) -> str:
+    """What stands in the uid's place of ``job_key`` for ensemble member ``index``: its checkpoints and progress
+    live in ``<job folder>/members/<index>``, so each member resumes on its own."""
+    return f"{uid}/{MEMBERS_DIR}/{index}" if uid else f"{MEMBERS_DIR}/{index}"
 
 
 def job_prefix(root: str, namespace: str | None, name: str, uid: str | None) -> str:

@@ -82,7 +82,7 @@ def prepare_data(cfg: TrainerConfig, cache_dir: Path) -> Prepared:
     """Load, label and tokenize every split; raises InputError for anything a user must fix."""
     ds, task, hp = cfg.dataset, cfg.task, cfg.hyperparameters
     check_sequence_length(cfg.model, hp, cache_dir)
-    roles = load_roles(ds, task, hp.seed, cache_dir)
+    roles = load_roles(ds, task, cfg.hold_out_seed, cache_dir)
     train, val, test = roles.train, roles.validation, roles.test
     names = roles.label_names
     if task.type != TaskType.REGRESSION:
