@@ -44,9 +44,12 @@ CLUSTERWIDE_RULES: tuple[Rule, ...] = (
     Rule(("",), ("namespaces",), ("list", "watch")),
 )
 
-# Only with peering (several replicas, one active); the default is one replica run with --standalone.
-PEERING_RULES: tuple[Rule, ...] = (Rule(("kopf.dev",), ("kopfpeerings",), (*READ, "patch")),)
-CLUSTER_PEERING_RULES: tuple[Rule, ...] = (Rule(("kopf.dev",), ("clusterkopfpeerings",), (*READ, "patch")),)
+# Only with peering (several replicas, one active); the default is one replica run with --standalone. create:
+# the operator makes its peering object where it is missing (peering.py).
+PEERING_RULES: tuple[Rule, ...] = (Rule(("kopf.dev",), ("kopfpeerings",), (*READ, "patch", "create")),)
+CLUSTER_PEERING_RULES: tuple[Rule, ...] = (
+    Rule(("kopf.dev",), ("clusterkopfpeerings",), (*READ, "patch", "create")),
+)
 
 
 def required_rules(*, clusterwide: bool, peering: bool) -> tuple[Rule, ...]:

@@ -19,6 +19,8 @@
 | FINETUNE_TERMINATION_GRACE_SECONDS | 120 | Time a worker gets after SIGTERM to write its final checkpoint. |
 | FINETUNE_WATCH_TIMEOUT_SECONDS | 300 | Server-side timeout of watch requests (kopf reconnects after it). |
 | FINETUNE_PEERING | | kopf peering name for several replicas (one active); empty runs standalone. |
+| FINETUNE_PEERING_PRIORITY | (random) | This replica's peering priority; the highest live one is active. |
+| FINETUNE_PEERING_LIFETIME | 60 | Seconds a heartbeat counts: how long a dead active replica holds the others. |
 | FINETUNE_WEBHOOK_PORT | 0 | Port of the validating admission webhook (0: no webhook). |
 | FINETUNE_WEBHOOK_ADDRESS | 0.0.0.0 | Address the webhook server listens on. |
 | FINETUNE_WEBHOOK_HOST | | Host name in the webhook URL the API server calls. |
@@ -84,6 +86,8 @@ class Settings:
     termination_grace_seconds: int = 120
     watch_timeout_seconds: int = 300
     peering: str | None = None
+    peering_priority: int | None = None
+    peering_lifetime: int = 60
     webhook_port: int = 0
     webhook_address: str = "0.0.0.0"
     webhook_host: str | None = None
@@ -117,6 +121,10 @@ class Settings:
             "termination_grace_seconds": _int(env, "FINETUNE_TERMINATION_GRACE_SECONDS", 120),
             "watch_timeout_seconds": _int(env, "FINETUNE_WATCH_TIMEOUT_SECONDS", 300, minimum=1),
             "peering": env.get("FINETUNE_PEERING") or None,
+            "peering_priority": _int(env, "FINETUNE_PEERING_PRIORITY", 0, minimum=1, maximum=2**31 - 1)
+            if env.get("FINETUNE_PEERING_PRIORITY")
+            else None,
+            "peering_lifetime": _int(env, "FINETUNE_PEERING_LIFETIME", 60, minimum=5),
             "webhook_port": _int(env, "FINETUNE_WEBHOOK_PORT", 0, maximum=65535),
             "webhook_address": env.get("FINETUNE_WEBHOOK_ADDRESS") or "0.0.0.0",
             "webhook_host": env.get("FINETUNE_WEBHOOK_HOST") or None,

@@ -8,6 +8,7 @@ from typing import Any
 
 import kopf
 
+from finetune_operator import peering
 from finetune_operator.metrics import OperatorMetrics, phases_of
 from finetune_operator.settings import ANNOTATION_PREFIX, FINALIZER, Settings
 
@@ -39,6 +40,11 @@ def configure(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
         kopf_settings.peering.name = settings.peering
         kopf_settings.peering.standalone = False
         kopf_settings.peering.mandatory = True
+        kopf_settings.peering.clusterwide = not settings.namespaces
+        kopf_settings.peering.priority = peering.priority(settings)
+        kopf_settings.peering.lifetime = settings.peering_lifetime
+        peering.ensure_objects(settings)
+        log.info("peering %r with priority %d", settings.peering, kopf_settings.peering.priority)
     else:
         kopf_settings.peering.standalone = True
     if settings.webhook_port:

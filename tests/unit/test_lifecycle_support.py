@@ -81,3 +81,17 @@ def test_confirm_reports_an_unreachable_triton_as_not_ready() -> None:
     served = confirm.confirm(f"http://127.0.0.1:{free_port()}", "sentiment", timeout=2)
     assert not served.ready and served.message
     assert not confirm.confirm(None, "sentiment").ready
+
+
+def test_peering_replicas_take_distinct_priorities_unless_one_is_configured() -> None:
+    from finetune_operator import peering
+
+    settings = Settings.from_env({"FINETUNE_PEERING": "ops"})
+    assert (settings.peering_priority, settings.peering_lifetime) == (None, 60)
+    drawn = {peering.priority(settings) for _ in range(20)}
+    assert len(drawn) == 20 and min(drawn) >= 1  # equal priorities would pause every replica
+    fixed = Settings.from_env({"FINETUNE_PEERING": "ops", "FINETUNE_PEERING_PRIORITY": "7",
+                               "FINETUNE_PEERING_LIFETIME": "15"})  # fmt: skip
+    assert (peering.priority(fixed), fixed.peering_lifetime) == (7, 15)
+    with pytest.raises(SettingsError, match="FINETUNE_PEERING_PRIORITY"):
+        Settings.from_env({"FINETUNE_PEERING_PRIORITY": "0"})
