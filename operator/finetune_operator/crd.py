@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from finetune_operator import api
+from finetune_operator import admission, api
 from finetune_operator.api import FineTuneJobSpec
 from finetune_operator.status import FineTuneJobStatus
 from finetune_trainer.config import Section
@@ -92,6 +92,25 @@ NAME_RULES = [
 ]
 
 
+
+def immutable_rules() -> list[dict[str, str]]:
+    """Transition rules: the sections a running job was started from cannot change while it is active (checked
+    by the API server on every update, webhook or not)."""
+    active = "[" + ", ".join(f"'{phase}'" for phase in admission.ACTIVE) + "]"
+    was_active = f"has(oldSelf.status) && has(oldSelf.status.phase) && oldSelf.status.phase in {active}"
+    rules = []
+    for section in admission.IMMUTABLE_WHILE_ACTIVE:
+        same = (f"(has(self.spec.{section}) ? has(oldSelf.spec.{section}) && self.spec.{section} == "
+                f"oldSelf.spec.{section} : !has(oldSelf.spec.{section}))")  # fmt: skip
+        rules.append({
+            "rule": f"!({was_active}) || {same}",
+            "messageExpression": f"'spec.{section}: cannot change while the job is ' + oldSelf.status.phase + "
+            "'; delete the job and create it again, or wait until it finishes'",
+            "reason": "FieldValueForbidden",
+        })  # fmt: skip
+    return rules
+
+
 def crd() -> dict[str, Any]:
     """The CustomResourceDefinition of FineTuneJob, generated from the models above."""
     spec = openapi_schema(FineTuneJobSpec)
@@ -137,7 +156,7 @@ def crd() -> dict[str, Any]:
                             "type": "object",
                             "description": "A fine-tuning job: data to a trained, exported and served model.",
                             "required": ["spec"],
-                            "x-kubernetes-validations": NAME_RULES,
+                            "x-kubernetes-validations": NAME_RULES + immutable_rules(),
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

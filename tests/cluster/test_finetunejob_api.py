@@ -119,3 +119,23 @@ def test_api_server_refuses_names_its_children_could_not_have(ftj_api: KubeApi, 
     assert get_json(ftj_api, "ftj")["items"] == []
     job["metadata"]["name"] = "a" * (63 - len("-workers-") - len(str(nodes - 1)))  # the longest name that fits
     ftj_api.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(job))
+
+
+@pytest.mark.parametrize(("phase", "refused"), [("Running", True), ("Suspended", True), ("Succeeded", False)])
+def test_api_server_keeps_an_active_jobs_inputs_unchanged(ftj_api: KubeApi, phase: str, refused: bool):
+    """CEL transition rules in the CRD: what the workers were started from cannot change under them."""
+    ftj_api.kubectl("apply", "--server-side", "-f", str(ROOT / "examples" / "finetunejob.yaml"))
+    ftj_api.kubectl("patch", "ftj", "yahoo-topics-minilm", "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": {"phase": phase}}))  # fmt: skip
+    edit = {"spec": {"resources": {"nodes": 4}}}
+    result = ftj_api.kubectl("patch", "ftj", "yahoo-topics-minilm", "--type=merge", "-p", json.dumps(edit),
+                             check=False)  # fmt: skip
+    if refused:
+        assert result.returncode != 0, result.stdout
+        assert f"spec.resources: cannot change while the job is {phase}" in result.stderr, result.stderr
+    else:
+        assert result.returncode == 0, result.stderr
+    # Fields outside the started inputs (suspend, the serving target) may always change.
+    ftj_api.kubectl("patch", "ftj", "yahoo-topics-minilm", "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    stored = get_json(ftj_api, "ftj", "yahoo-topics-minilm")["spec"]
+    assert stored["suspend"] is True and (stored["resources"].get("nodes") == 4) != refused
