@@ -131,3 +131,21 @@ def test_a_source_without_the_text_column_is_refused_before_any_worker(tmp_path,
     assert f"pretraining.textColumn 'text' not in columns ['body'] of {domain}" in err
     assert "Traceback" not in err
     assert not list((tmp_path / "runs").glob("*/checkpoints")) and not list((tmp_path / "runs").glob("*/model"))
+
+
+def test_a_tokenizer_without_a_mask_token_is_refused_before_any_worker(tmp_path, tiny_bert):
+    import shutil
+
+    model = tmp_path / "no-mask"
+    shutil.copytree(tiny_bert, model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("mask_token", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(20))
+    domain = tmp_path / "domain.txt"
+    domain.write_text("the plot was great\nthe acting was awful\n", encoding="utf-8")
+    job = job_file(tmp_path, model, {"train": str(train)}, pretraining={"source": str(domain)})
+    code, err = run_cli(job, tmp_path)
+    assert code == 2, err
+    assert "pretraining: the tokenizer of model.name has no mask token" in err
+    assert not list((tmp_path / "runs").glob("*/checkpoints"))
