@@ -151,4 +151,7 @@ def summary(run: LocalRun) -> str:
                 lines.append(f"{split + ':':8} {' '.join(f'{k}={v}' for k, v in head.items())}")
         t = m.get("throughput", {})
         lines.append(f"speed:   {t.get('samples_per_second', 0):.1f} samples/s, {m.get('steps')} steps")
+        if pre := m.get("pretraining"):
+            lines.append(f"pretraining: masked-LM loss {pre['masked_lm_loss_before']:.4f} -> "
+                         f"{pre['masked_lm_loss_after']:.4f} in {pre['steps']} steps")
     return "\n".join(lines)

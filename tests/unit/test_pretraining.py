@@ -136,3 +136,12 @@ def test_status_shows_the_stage(stage):
                 "metrics": {"loss": 5.2}}
     d = step(running(), [worker(0), worker(1)], at=6, progress=progress)
     assert d.status["progress"]["stage"] == stage and d.status["progress"]["totalSteps"] == 40
+
+
+def test_the_run_summary_shows_the_stage(tmp_path):
+    from finetune_operator.local import LocalRun, summary
+
+    run = LocalRun(tmp_path)
+    run.metrics.write_text(json.dumps({"steps": 60, "validation": {"accuracy": 0.9}, "pretraining": {
+        "steps": 40, "masked_lm_loss_before": 5.03, "masked_lm_loss_after": 2.93}}))
+    assert "pretraining: masked-LM loss 5.0300 -> 2.9300 in 40 steps" in summary(run)
