@@ -54,7 +54,8 @@ def test_cluster_permissions_only_when_clusterwide_or_peering() -> None:
     assert ("", "namespaces", "watch") in clusterwide
     assert ("apiextensions.k8s.io", "customresourcedefinitions", "list") in clusterwide
     peering = grants([r.to_dict() for r in required_rules(clusterwide=False, peering=True)])
-    assert peering - namespaced == {("kopf.dev", "kopfpeerings", v) for v in ("get", "list", "watch", "patch")}
+    verbs = ("get", "list", "watch", "patch", "create")  # create: the operator makes its peering object
+    assert peering - namespaced == {("kopf.dev", "kopfpeerings", v) for v in verbs}
 
 
 def test_no_configuration_grants_secrets_exec_or_privilege_escalation() -> None:
