@@ -18,6 +18,7 @@ from pathlib import Path
 from finetune_operator.api import FineTuneJob
 from finetune_operator.steps import export_args, publish_args, trainer_config
 from finetune_trainer.config import TrainerConfig
+from finetune_trainer.contract import PROGRESS_FILE
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -50,7 +51,7 @@ class LocalRun:
 
     @property
     def progress(self) -> Path:
-        return self.dir / "progress.json"
+        return self.dir / PROGRESS_FILE
 
 
 def preflight(cfg: TrainerConfig) -> None:

@@ -47,6 +47,16 @@ def test_spearman_gives_ties_their_average_rank():
     assert m["spearman"] == pytest.approx(5 / 6)
 
 
+def test_spearman_matches_scipy_on_scores_with_many_ties():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    target = rng.integers(1, 6, size=200).astype(float)  # a 1-5 score: nearly every value is a tie
+    pred = np.round(target + rng.normal(0, 1.0, size=200))  # rounded predictions tie too
+    expected = stats.spearmanr(pred, target).statistic
+    assert E.regression(pred, target)["spearman"] == pytest.approx(expected, abs=1e-12)
+    assert list(E.average_ranks(target)) == pytest.approx(list(stats.rankdata(target)))
+
+
 def test_best_metric_direction():
     assert E.improved(0.9, 0.8, "accuracy") and not E.improved(0.8, 0.9, "accuracy")
     assert E.improved(0.1, 0.2, "mse") and not E.improved(0.2, 0.1, "mse")
