@@ -14,5 +14,5 @@ python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 bash scripts/install-test-deps.sh >/dev/null
 
 ruff check .
-lint-imports  # the layers in pyproject.toml's [tool.importlinter]: no torch in the operator, no kopf in the trainer
+lint-imports  # pyproject.toml's [tool.importlinter]: the operator's layers, no torch in the operator, no kopf in the trainer
 python -m pytest "$@"
