@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from finetune_operator import api, resources
+from finetune_operator import api, names
 from finetune_trainer.errors import InputError
 
 
@@ -56,7 +56,7 @@ def submit(args: argparse.Namespace) -> int:
     meta = body.setdefault("metadata", {})
     if args.name:
         meta["name"] = job.metadata.name = args.name
-    errors = resources.name_errors(job.metadata.name, job.spec.resources.nodes)
+    errors = names.name_errors(job.metadata.name, job.spec.resources.nodes)
     if errors:
         raise InputError("\n".join(errors))
     custom, _, namespace = _clients(args)
@@ -126,10 +126,10 @@ def get(args: argparse.Namespace) -> int:
 
 def logs(args: argparse.Namespace) -> int:
     _, core, namespace = _clients(args)
-    component = resources.EXPORTER if args.export else resources.TRAINER
-    selector = f"{resources.JOB_LABEL}={args.name},{resources.COMPONENT_LABEL}={component}"
+    component = names.EXPORTER if args.export else names.TRAINER
+    selector = f"{names.JOB_LABEL}={args.name},{names.COMPONENT_LABEL}={component}"
     if not args.export:
-        selector += f",{resources.RANK_LABEL}={args.rank}"
+        selector += f",{names.RANK_LABEL}={args.rank}"
     pods = core.list_namespaced_pod(namespace, label_selector=selector).items
     if not pods:
         print(f"error: no {component} pod of {namespace}/{args.name}" + ("" if args.export else f" rank {args.rank}"),
@@ -138,7 +138,7 @@ def logs(args: argparse.Namespace) -> int:
 
     def newest(pod: Any) -> int:
         lbl = pod.metadata.labels or {}
-        return int(lbl.get(resources.EXPORT_LABEL if args.export else resources.ATTEMPT_LABEL, 0))
+        return int(lbl.get(names.EXPORT_LABEL if args.export else names.ATTEMPT_LABEL, 0))
 
     pod = max(pods, key=newest)
     containers = ["export", "publish"] if args.export else ["trainer"]

@@ -23,8 +23,9 @@ from typing import Any
 
 import kopf
 
-from finetune_operator import api, confirm, ensemble_status, lifecycle, observed, resources
+from finetune_operator import api, confirm, ensemble_status, lifecycle, names, observed
 from finetune_operator import status as status_model
+from finetune_operator.decision import Decision, JobMeta
 from finetune_operator.kube import Kube, KubeError
 from finetune_operator.metrics import METRICS, OperatorMetrics
 from finetune_operator.observed import Observed, PodView, Refusal
@@ -120,14 +121,14 @@ class Controller:
 
     async def step(self, body: kopf.Body, pods: list[PodView], memory: JobMemory) -> float | None:
         meta = body.metadata
-        job_meta = lifecycle.JobMeta(meta.name, meta.namespace, meta.uid, int(meta.get("generation") or 1))
+        job_meta = JobMeta(meta.name, meta.namespace, meta.uid, int(meta.get("generation") or 1))
         spec = copy.deepcopy(dict(body.spec))
         job = _parse(job_meta, spec)
         pods = [await self.with_log_tail(meta.namespace, p, memory) for p in observed.owned(pods, meta.uid)]
         phase = memory.status.get("phase")
         progress = None
         if job is not None and phase in lifecycle.TRAINING:
-            finishing = any(p.component == resources.TRAINER and p.phase == "Succeeded" for p in pods)
+            finishing = any(p.component == names.TRAINER and p.phase == "Succeeded" for p in pods)
             progress = await self.read_progress(job, meta.uid, memory, force=finishing)
         if job is not None and job.spec.ensemble is not None and phase in (lifecycle.EXPORTING, lifecycle.PUBLISHING):
             await self.read_ensemble_metrics(job, meta.uid, memory)
@@ -147,7 +148,7 @@ class Controller:
             return 0.05  # a new refusal: show it in the status at once
         return decision.requeue
 
-    async def apply(self, body: kopf.Body, meta: lifecycle.JobMeta, decision: lifecycle.Decision,
+    async def apply(self, body: kopf.Body, meta: JobMeta, decision: Decision,
                     memory: JobMemory) -> None:  # fmt: skip
         clock = time.monotonic()
         for plural, name in decision.delete:
@@ -275,7 +276,7 @@ class Controller:
 
     async def cleanup(self, namespace: str, name: str) -> int:
         """Delete every child of a job being deleted (ownerReferences would too, later); returns how many."""
-        selector = f"{resources.JOB_LABEL}={name},{resources.NAME_LABEL}={resources.APP}"
+        selector = f"{names.JOB_LABEL}={name},{names.NAME_LABEL}={names.APP}"
         count = 0
         for plural in ("pods", "configmaps", "services"):
             for child in await self.kube.list_names(namespace, plural, selector):
@@ -284,7 +285,7 @@ class Controller:
         return count
 
 
-def _parse(meta: lifecycle.JobMeta, spec: dict) -> api.FineTuneJob | None:
+def _parse(meta: JobMeta, spec: dict) -> api.FineTuneJob | None:
     try:
         return api.parse_job({"metadata": {"name": meta.name, "namespace": meta.namespace}, "spec": spec})
     except ConfigError:

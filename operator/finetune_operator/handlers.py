@@ -12,7 +12,7 @@ import kopf
 from finetune_operator import admission, api, observed, settings, startup
 from finetune_operator.controller import Controller
 from finetune_operator.metrics import METRICS
-from finetune_operator.resources import APP, JOB_LABEL, NAME_LABEL
+from finetune_operator.names import APP, JOB_LABEL, NAME_LABEL
 
 SETTINGS = settings.current()
 CONTROLLER = Controller(SETTINGS)

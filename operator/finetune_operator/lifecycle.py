@@ -17,17 +17,15 @@ and progress.json, asks Triton about the published model, and applies the decisi
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from finetune_operator import api, ensemble_status, resources
+from finetune_operator import api, ensemble_status, names, resources
 from finetune_operator import status as status_model
+from finetune_operator.decision import Decision, Event, JobMeta
 from finetune_operator.observed import Failure, Observed, PodView, Refusal, classify
 from finetune_operator.settings import Settings
 from finetune_operator.status import (
-    CONDITION_TYPES,
-    CONDITIONS,
     EXPORTING,
     FAILED,
     PENDING,
@@ -37,7 +35,6 @@ from finetune_operator.status import (
     SUCCEEDED,
     SUSPENDED,
     parse_time,
-    set_condition,
     timestamp,
 )
 from finetune_trainer import contract
@@ -46,35 +43,6 @@ from finetune_trainer.config import ConfigError
 TRAINING = (PENDING, RUNNING, RESTARTING)
 TERMINAL = (SUCCEEDED, FAILED)
 
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass
-class Decision:
-    """What to do: children to create and delete, events, the new status, when to look again."""
-
-    status: dict[str, Any]
-    create: list[dict[str, Any]] = field(default_factory=list)
-    delete: list[tuple[str, str]] = field(default_factory=list)  # (plural, name), e.g. ("pods", "x-a1-0")
-    events: list[Event] = field(default_factory=list)
-    requeue: float | None = None
-    restarted: bool = False
-    published_seconds: float | None = None
-    publish_failed: bool = False
-
-
-@dataclass(frozen=True)
-class JobMeta:
-    name: str
-    namespace: str
-    uid: str
-    generation: int = 1
 
 
 class _Machine:
@@ -96,15 +64,7 @@ class _Machine:
     def transition(self, phase: str, reason: str, message: str, warning: bool = False) -> None:
         if phase == self.phase and self.s.get("reason") == reason:
             return
-        self.s.update(phase=phase, reason=reason, message=message)
-        now = timestamp(self.now)
-        active, cond_reason = CONDITIONS[phase]
-        for kind in CONDITION_TYPES:
-            on = kind == active
-            set_condition(self.s, kind, on, reason if on else cond_reason, message if on else "", now,
-                          self.meta.generation)  # fmt: skip
-        if phase in TERMINAL and not self.s.get("completionTime"):
-            self.s["completionTime"] = now
+        status_model.set_phase(self.s, phase, reason, message, timestamp(self.now), self.meta.generation)
         self.d.events.append(Event("Warning" if warning else "Normal", reason, message))
 
     def wake_in(self, seconds: float) -> None:
@@ -136,7 +96,7 @@ class _Machine:
             errors = resources.spec_errors(self.job, self.settings)
         if errors:
             if self.phase not in TERMINAL:
-                self.delete_pods(self.active(resources.TRAINER) + self.active(resources.EXPORTER))
+                self.delete_pods(self.active(names.TRAINER) + self.active(names.EXPORTER))
                 self.transition(FAILED, "InvalidSpec", "; ".join(errors), warning=True)
             return self.d
         if self.phase in TERMINAL:
@@ -167,7 +127,7 @@ class _Machine:
         any other is shown (reason, message, one Warning event) while the caller retries the create every
         RECREATE_AFTER seconds. True when the job failed."""
         if refusal.permanent:
-            self.delete_pods(self.active(resources.TRAINER) + self.active(resources.EXPORTER))
+            self.delete_pods(self.active(names.TRAINER) + self.active(names.EXPORTER))
             self.transition(FAILED, refusal.reason, refusal.describe(), warning=True)
             return True
         self.transition(self.phase or PENDING, refusal.reason, refusal.describe(), warning=True)
@@ -199,15 +159,15 @@ class _Machine:
                                                 legacy_layout=self.legacy_layout)  # fmt: skip
 
     def suspend(self) -> None:
-        self.delete_pods(self.active(resources.TRAINER))
+        self.delete_pods(self.active(names.TRAINER))
         self.transition(SUSPENDED, "Suspended", "workers deleted; resume continues from the latest checkpoint")
 
     def suspended(self) -> None:
         assert self.job is not None
         if self.job.spec.suspend:
-            self.delete_pods(self.active(resources.TRAINER))
+            self.delete_pods(self.active(names.TRAINER))
             return
-        if self.active(resources.TRAINER):
+        if self.active(names.TRAINER):
             self.wake_in(1.0)  # the old workers are still stopping (writing their final checkpoint)
             return
         self.s.setdefault("startTime", timestamp(self.now))
@@ -217,9 +177,9 @@ class _Machine:
     def training(self) -> None:
         assert self.job is not None
         attempt = int(self.s.get("attempt") or 1)
-        slots = resources.worker_slots(self.job)  # (member, rank): one worker group per ensemble member
-        workers = [p for p in self.pods(resources.TRAINER) if p.attempt == attempt]
-        stale = [p for p in self.active(resources.TRAINER) if p.attempt != attempt]
+        slots = names.worker_slots(self.job)  # (member, rank): one worker group per ensemble member
+        workers = [p for p in self.pods(names.TRAINER) if p.attempt == attempt]
+        stale = [p for p in self.active(names.TRAINER) if p.attempt != attempt]
         self.delete_pods(stale)
         retry_after = parse_time(self.s.get("retryAfter"))
         if retry_after is not None:
@@ -234,7 +194,7 @@ class _Machine:
         if self.phase == RUNNING:
             seen = {(p.member, p.rank) for p in workers}
             failures += [
-                (None, Failure(False, "PodDeleted", f"pod {resources.worker_name(self.meta.name, attempt, r, m)} "
+                (None, Failure(False, "PodDeleted", f"pod {names.worker_name(self.meta.name, attempt, r, m)} "
                                "disappeared"))
                 for m, r in slots if (m, r) not in seen
             ]  # fmt: skip
@@ -315,7 +275,7 @@ class _Machine:
     def publishing(self) -> None:
         assert self.job is not None
         n = int(self.s.get("exportAttempt") or 1)
-        pod = next((p for p in self.pods(resources.EXPORTER) if p.export == n), None)
+        pod = next((p for p in self.pods(names.EXPORTER) if p.export == n), None)
         if pod is None:
             if not self.backing_off():
                 self.export_pod(n)
@@ -380,7 +340,7 @@ class _Machine:
         """Terminal: stop what still runs; after ttlSecondsAfterFinished delete the pods and config maps."""
         assert self.job is not None
         if self.phase == FAILED:
-            self.delete_pods(self.active(resources.TRAINER) + self.active(resources.EXPORTER))
+            self.delete_pods(self.active(names.TRAINER) + self.active(names.EXPORTER))
         ttl = self.job.spec.ttl_seconds_after_finished
         done = parse_time(self.s.get("completionTime"))
         if ttl is None or done is None:
@@ -389,11 +349,11 @@ class _Machine:
         if self.now < expiry:
             self.wake_in((expiry - self.now).total_seconds())
             return
-        pods = self.pods(resources.TRAINER) + self.pods(resources.EXPORTER)
+        pods = self.pods(names.TRAINER) + self.pods(names.EXPORTER)
         self.delete_pods(pods)
         if pods:
-            groups = {(p.attempt, p.member) for p in pods if p.component == resources.TRAINER}
-            self.d.delete += [("configmaps", resources.config_name(self.meta.name, a, m))
+            groups = {(p.attempt, p.member) for p in pods if p.component == names.TRAINER}
+            self.d.delete += [("configmaps", names.config_name(self.meta.name, a, m))
                               for a, m in sorted(groups, key=lambda g: (g[0], g[1] or 0))]  # fmt: skip
             self.d.events.append(Event("Normal", "Cleanup", f"deleted {len(pods)} finished pod(s) after {ttl}s"))
 
@@ -407,7 +367,7 @@ class _Machine:
         if left > 0:
             self.wake_in(left)
             return False
-        self.delete_pods(self.active(resources.TRAINER) + self.active(resources.EXPORTER))
+        self.delete_pods(self.active(names.TRAINER) + self.active(names.EXPORTER))
         self.transition(FAILED, "DeadlineExceeded", f"activeDeadlineSeconds {limit} passed", warning=True)
         return True
 
@@ -415,15 +375,9 @@ class _Machine:
         record = contract.ProgressRecord.from_dict(self.observed.progress)
         if record is None or self.phase not in TRAINING:
             return
-        p = record.to_dict()  # finite numbers only
-        fields = ("stage", "step", "totalSteps", "epoch", "percent", "etaSeconds")
-        progress = {k: p[k] for k in fields if p.get(k) is not None}
-        metrics = p["metrics"]
-        if "samples_per_second" in metrics:
-            progress["samplesPerSecond"] = round(metrics["samples_per_second"], 2)
+        progress, metrics = status_model.progress_fields(record)
         self.s["progress"] = progress
-        kept = {k: round(v, 6) for k, v in metrics.items() if k not in ("eval", "samples_per_second")}
-        self.s["metrics"] = {**(self.s.get("metrics") or {}), **kept}
+        self.s["metrics"] = {**(self.s.get("metrics") or {}), **metrics}
 
 
     def read_ensemble(self) -> None:

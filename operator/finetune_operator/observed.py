@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_operator import resources
+from finetune_operator import names
 from finetune_operator.status import EXPORTING, PUBLISHING
 from finetune_trainer import contract
 
@@ -63,11 +63,11 @@ def pod_view(pod: dict[str, Any]) -> PodView:
             failed = cs.get("name", "")
     return PodView(
         name=meta.get("name", ""),
-        component=lbl.get(resources.COMPONENT_LABEL, ""),
-        attempt=_int(lbl.get(resources.ATTEMPT_LABEL)),
-        rank=_int(lbl.get(resources.RANK_LABEL)),
-        member=_int(lbl[resources.MEMBER_LABEL]) if resources.MEMBER_LABEL in lbl else None,
-        export=_int(lbl.get(resources.EXPORT_LABEL)),
+        component=lbl.get(names.COMPONENT_LABEL, ""),
+        attempt=_int(lbl.get(names.ATTEMPT_LABEL)),
+        rank=_int(lbl.get(names.RANK_LABEL)),
+        member=_int(lbl[names.MEMBER_LABEL]) if names.MEMBER_LABEL in lbl else None,
+        export=_int(lbl.get(names.EXPORT_LABEL)),
         phase=status.get("phase") or "Pending",
         deleting=bool(meta.get("deletionTimestamp")),
         exit_code=exit_code,
@@ -220,5 +220,5 @@ def _published_pod(status: dict | None, pods: list[PodView]) -> PodView | None:
     if status.get("phase") not in (EXPORTING, PUBLISHING):
         return None
     n = int(status.get("exportAttempt") or 1)
-    return next((p for p in pods if p.component == resources.EXPORTER and p.export == n and p.phase == "Succeeded"),
+    return next((p for p in pods if p.component == names.EXPORTER and p.export == n and p.phase == "Succeeded"),
                 None)  # fmt: skip

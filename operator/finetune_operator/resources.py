@@ -25,87 +25,32 @@ from typing import Any
 from finetune_operator import api
 from finetune_operator.ensemble_spec import Member
 from finetune_operator.ensemble_steps import combine_args, member_job, member_path, members
+from finetune_operator.names import (
+    COMPONENT_LABEL,
+    EXPORTER,
+    JOB_LABEL,
+    TRAINER,
+    config_name,
+    export_name,
+    hostname,
+    labels,
+    name_errors,
+    owner_reference,
+    rendezvous_endpoint,
+    service_name,
+    slot,
+    worker_name,
+    worker_slots,
+)
 from finetune_operator.settings import RDZV_PORT, Settings
 from finetune_operator.steps import export_args, publish_args, trainer_config
 from finetune_trainer import contract
 from finetune_trainer.config import S3Spec, TrainerConfig
 
-NAME_LABEL = "app.kubernetes.io/name"
-COMPONENT_LABEL = "app.kubernetes.io/component"
-JOB_LABEL = "finetune.dev/job"
-ATTEMPT_LABEL = "finetune.dev/attempt"
-RANK_LABEL = "finetune.dev/rank"
-EXPORT_LABEL = "finetune.dev/export"
-MEMBER_LABEL = "finetune.dev/member"
-APP = "finetune-operator"
-TRAINER = "trainer"
-EXPORTER = "exporter"
-
 CONFIG_DIR = "/etc/finetune"
 CONFIG_FILE = f"{CONFIG_DIR}/trainer.json"
 WORK_DIR = "/workspace"
 RUN_AS = 1000
-MAX_DNS_LABEL = 63
-
-
-# --- names --------------------------------------------------------------------------------------------------
-
-
-def service_name(job: str) -> str:
-    return f"{job}-workers"
-
-
-def hostname(job: str, rank: int) -> str:
-    return f"{job}-workers-{rank}"
-
-
-def _group(attempt: int, member: int | None) -> str:
-    return f"a{attempt}" if member is None else f"a{attempt}-m{member}"
-
-
-def config_name(job: str, attempt: int, member: int | None = None) -> str:
-    return f"{job}-{_group(attempt, member)}-config"
-
-
-def worker_name(job: str, attempt: int, rank: int, member: int | None = None) -> str:
-    return f"{job}-{_group(attempt, member)}-{rank}"
-
-
-def worker_slots(job: api.FineTuneJob) -> list[tuple[int | None, int]]:
-    """(member, rank) of every worker pod of an attempt: member None without an ensemble."""
-    nodes = job.spec.resources.nodes
-    groups: list[int | None] = [m.index for m in members(job)] or [None]
-    return [(m, r) for m in groups for r in range(nodes)]
-
-
-def _slot(job: api.FineTuneJob, member: int | None, rank: int) -> int:
-    """The pod's place among all the attempt's pods, which numbers its hostname."""
-    return (member or 0) * job.spec.resources.nodes + rank
-
-
-def export_name(job: str, n: int) -> str:
-    return f"{job}-export-{n}"
-
-
-def rendezvous_endpoint(job: str, nodes: int, first: int = 0) -> str:
-    """c10d rendezvous host: the group's rank 0 pod DNS name (``first``: its hostname's number); a one-pod
-    group rendezvouses inside its pod."""
-    if nodes == 1:
-        return "localhost:0"
-    return f"{hostname(job, first)}.{service_name(job)}:{RDZV_PORT}"
-
-
-def name_errors(job: str, nodes: int) -> list[str]:
-    """Reasons the children's DNS names would be invalid for this job name and pod count (nodes x members)."""
-    if job[:1] and not job[:1].isalpha():
-        return [f"metadata.name: must start with a lowercase letter: the workers' Service {service_name(job)!r} "
-                f"must be a DNS-1035 label (for example 'ft-{job}')"]  # fmt: skip
-    longest = hostname(job, max(nodes - 1, 0))
-    if len(longest) > MAX_DNS_LABEL:
-        room = MAX_DNS_LABEL - len(longest) + len(job)
-        return [f"metadata.name: at most {room} characters for {nodes} worker pods (pod hostname {longest!r} is too "
-                "long)"]
-    return []
 
 
 def spec_errors(job: api.FineTuneJob, settings: Settings) -> list[str]:
@@ -125,24 +70,6 @@ def spec_errors(job: api.FineTuneJob, settings: Settings) -> list[str]:
 
 
 # --- shared pieces ------------------------------------------------------------------------------------------
-
-
-def labels(job: str, component: str, **extra: str | int) -> dict[str, str]:
-    out = {NAME_LABEL: APP, COMPONENT_LABEL: component, JOB_LABEL: job}
-    keys = {"attempt": ATTEMPT_LABEL, "rank": RANK_LABEL, "export": EXPORT_LABEL, "member": MEMBER_LABEL}
-    out.update({keys[k]: str(v) for k, v in extra.items()})
-    return out
-
-
-def owner_reference(name: str, uid: str) -> dict[str, Any]:
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "name": name,
-        "uid": uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def _metadata(job: api.FineTuneJob, uid: str, name: str, lbls: dict[str, str]) -> dict[str, Any]:
@@ -350,7 +277,7 @@ def worker_command(job: api.FineTuneJob, uid: str, attempt: int, settings: Setti
         f"--nnodes={res.nodes}",
         f"--nproc-per-node={res.procs}",
         "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={rendezvous_endpoint(job.metadata.name, res.nodes, _slot(job, member, 0))}",
+        f"--rdzv-endpoint={rendezvous_endpoint(job.metadata.name, res.nodes, slot(job, member, 0))}",
         f"--rdzv-id={rdzv_id}",
         f"--max-restarts={settings.torchrun_max_restarts}",
         "-m",
@@ -396,7 +323,7 @@ def worker_pod(job: api.FineTuneJob, uid: str, attempt: int, rank: int, settings
         {"name": "dshm", "emptyDir": shm},
     ]
     spec = _pod_spec(job, settings, [container], volumes)
-    spec["hostname"] = hostname(name, _slot(job, member, rank))
+    spec["hostname"] = hostname(name, slot(job, member, rank))
     spec["subdomain"] = service_name(name)
     extra = {"attempt": attempt, "rank": rank} | ({} if member is None else {"member": member})
     meta = _metadata(job, uid, worker_name(name, attempt, rank, member), labels(name, TRAINER, **extra))

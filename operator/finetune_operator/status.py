@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from finetune_trainer.config import Section
+from finetune_trainer.contract import ProgressRecord
 
 PENDING, RUNNING, RESTARTING = "Pending", "Running", "Restarting"
 EXPORTING, PUBLISHING = "Exporting", "Publishing"
@@ -139,6 +140,30 @@ def set_condition(status: dict, kind: str, value: bool, reason: str, message: st
         {"type": kind, "status": new, "reason": reason, "message": message, "lastTransitionTime": now,
          "observedGeneration": generation}
     )  # fmt: skip
+
+
+def set_phase(status: dict, phase: str, reason: str, message: str, now: str, generation: int) -> None:
+    """``phase`` with its reason and message, every condition as that phase sets it, and the completion time
+    once the phase is terminal."""
+    status.update(phase=phase, reason=reason, message=message)
+    active, cond_reason = CONDITIONS[phase]
+    for kind in CONDITION_TYPES:
+        on = kind == active
+        set_condition(status, kind, on, reason if on else cond_reason, message if on else "", now, generation)
+    if phase in (SUCCEEDED, FAILED) and not status.get("completionTime"):
+        status["completionTime"] = now
+
+
+def progress_fields(record: ProgressRecord) -> tuple[dict[str, Any], dict[str, float]]:
+    """``status.progress`` and the metrics ``status.metrics`` takes from a trainer's progress record."""
+    p = record.to_dict()  # finite numbers only
+    fields = ("stage", "step", "totalSteps", "epoch", "percent", "etaSeconds")
+    progress = {k: p[k] for k in fields if p.get(k) is not None}
+    metrics = p["metrics"]
+    if "samples_per_second" in metrics:
+        progress["samplesPerSecond"] = round(metrics["samples_per_second"], 2)
+    kept = {k: round(v, 6) for k, v in metrics.items() if k not in ("eval", "samples_per_second")}
+    return progress, kept
 
 
 def legacy_layout(status: dict | None) -> bool:

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 
 from finetune_operator import lifecycle as L
+from finetune_operator.decision import Decision
 from finetune_operator.observed import Observed, Refusal, owned, pod_view
 from tests.unit.test_lifecycle import META, SETTINGS, T0, condition, created, spec, step, worker
 
@@ -18,7 +19,7 @@ QUOTA = Refusal(403, "Pod", "sentiment-a1-0", 'pods "sentiment-a1-0" is forbidde
 INVALID = Refusal(422, "Pod", "sentiment-a1-0", 'Pod "sentiment-a1-0" is invalid: spec.containers[0].image: Required')
 
 
-def refused_step(status: dict, refusal: Refusal, pods=(), at: float = 1, s: dict | None = None) -> L.Decision:
+def refused_step(status: dict, refusal: Refusal, pods=(), at: float = 1, s: dict | None = None) -> Decision:
     observed = Observed(pods=list(pods), refused=refusal)
     return L.reconcile(META, s or spec(), status, observed, T0 + timedelta(seconds=at), SETTINGS)
 

@@ -7,15 +7,16 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from finetune_operator import api, ensemble_status, resources
+from finetune_operator import api, ensemble_status, names, resources
 from finetune_operator import lifecycle as L
+from finetune_operator.decision import Decision, JobMeta
 from finetune_operator.observed import Observed, PodView, pod_view
 from finetune_operator.settings import Settings
 from finetune_trainer.config import TrainerConfig
 
 UID = "0b7c2d3e-1111-4222-8333-444455556666"
 SETTINGS = Settings(trainer_image="registry.example/finetune/trainer:0.1.0")
-META = L.JobMeta("reviews", "ml", UID, generation=1)
+META = JobMeta("reviews", "ml", UID, generation=1)
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 SPEC: dict[str, Any] = {
     "model": {"name": "bert-base-uncased"},
@@ -46,12 +47,12 @@ def test_one_worker_group_per_member() -> None:
         assert cfg.job_uid == f"{UID}/members/{k}"  # its own checkpoints and progress: resumes on its own
         assert cfg.output_uri == f"s3://ckpt/ml/reviews/{UID}/model-output/members/{k}"
         assert cfg.split_seed == 10  # every member holds out the same rows
-        assert cm["metadata"]["labels"][resources.MEMBER_LABEL] == str(k)
+        assert cm["metadata"]["labels"][names.MEMBER_LABEL] == str(k)
     hostnames = [p["spec"]["hostname"] for p in pods]
     assert len(set(hostnames)) == 6
     for pod in pods:
         lbl = pod["metadata"]["labels"]
-        k, rank = int(lbl[resources.MEMBER_LABEL]), int(lbl[resources.RANK_LABEL])
+        k, rank = int(lbl[names.MEMBER_LABEL]), int(lbl[names.RANK_LABEL])
         command = pod["spec"]["containers"][0]["command"]
         assert f"--rdzv-id={UID}-4-m{k}" in command
         assert f"--rdzv-endpoint=reviews-workers-{2 * k}.reviews-workers:29400" in command
@@ -91,7 +92,7 @@ def pods_of(children: list[dict[str, Any]], phase: str) -> list[PodView]:
     return [PodView(v.name, v.component, attempt=v.attempt, rank=v.rank, member=v.member, phase=phase) for v in views]
 
 
-def reconcile(status: dict | None, pods: list[PodView], **observed: Any) -> L.Decision:
+def reconcile(status: dict | None, pods: list[PodView], **observed: Any) -> Decision:
     return L.reconcile(META, SPEC, status, Observed(pods=pods, **observed), T0, SETTINGS)
 
 

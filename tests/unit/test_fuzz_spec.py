@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from finetune_operator import admission, api, crd, lifecycle, resources
+from finetune_operator.decision import JobMeta
 from finetune_operator.observed import Observed
 from finetune_operator.settings import Settings
 from finetune_trainer.config import TrainerConfig
@@ -214,7 +215,7 @@ def build_everything(name: str, spec: dict) -> list[dict]:
     if job.spec.serving.enabled:
         children.append(resources.export_pod(job, UID, 1, SETTINGS))
     TrainerConfig.model_validate_json(children[0]["data"]["trainer.json"])
-    decision = lifecycle.reconcile(lifecycle.JobMeta(name, NAMESPACE, UID), spec, {}, Observed(),
+    decision = lifecycle.reconcile(JobMeta(name, NAMESPACE, UID), spec, {}, Observed(),
                                    datetime.now(UTC), SETTINGS)  # fmt: skip
     assert decision.status["phase"] in (lifecycle.PENDING, lifecycle.SUSPENDED), decision.status
     return children

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from finetune_operator import lifecycle as L
+from finetune_operator.decision import Decision, JobMeta
 from finetune_operator.observed import (
     Observed,
     PodView,
@@ -21,7 +22,7 @@ from finetune_operator.observed import (
 from finetune_operator.settings import Settings
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
-META = L.JobMeta("sentiment", "ml", "uid-1", generation=1)
+META = JobMeta("sentiment", "ml", "uid-1", generation=1)
 SETTINGS = Settings(backoff_seconds=10, backoff_max_seconds=300, publish_timeout_seconds=60)
 TORCHRUN_FAILURE = """error: dataset.train: column 'text' not found; columns are [review, label]
 torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
@@ -54,12 +55,12 @@ def exporter(n: int = 1, phase: str = "Running", **kw: Any) -> PodView:
 
 
 def step(status: dict | None, pods: list[PodView] = (), *, at: float = 0, s: dict | None = None,
-         progress: dict | None = None, served: Served | None = None) -> L.Decision:  # fmt: skip
+         progress: dict | None = None, served: Served | None = None) -> Decision:  # fmt: skip
     observed = Observed(pods=list(pods), progress=progress, served=served)
     return L.reconcile(META, s or spec(), status, observed, T0 + timedelta(seconds=at), SETTINGS)
 
 
-def created(d: L.Decision) -> list[str]:
+def created(d: Decision) -> list[str]:
     return [f"{o['kind']}/{o['metadata']['name']}" for o in d.create]
 
 
@@ -119,7 +120,7 @@ def test_non_finite_metrics_never_reach_status() -> None:
     json.dumps(d.status, allow_nan=False)
 
 
-def trainer_config(d: L.Decision) -> dict:
+def trainer_config(d: Decision) -> dict:
     (cm,) = [o for o in d.create if o["kind"] == "ConfigMap"]
     return json.loads(cm["data"]["trainer.json"])
 
@@ -129,7 +130,7 @@ def test_storage_is_keyed_by_the_uid_so_a_job_created_again_starts_fresh() -> No
     assert d.status["storage"] == "s3://ckpt/ml/sentiment/uid-1"
     assert trainer_config(d)["jobUid"] == "uid-1"
     assert trainer_config(d)["outputUri"] == "s3://ckpt/ml/sentiment/uid-1/model-output"
-    again = L.reconcile(L.JobMeta("sentiment", "ml", "uid-2"), spec(), None, Observed(), T0, SETTINGS)
+    again = L.reconcile(JobMeta("sentiment", "ml", "uid-2"), spec(), None, Observed(), T0, SETTINGS)
     assert again.status["storage"] == "s3://ckpt/ml/sentiment/uid-2"
 
 
@@ -261,7 +262,7 @@ SERVING = {"enabled": True, "repository": "/models", "tritonUrl": "http://127.0.
 DONE = [worker(0, phase="Succeeded", exit_code=0), worker(1, phase="Succeeded", exit_code=0)]
 
 
-def exporting() -> L.Decision:
+def exporting() -> Decision:
     return step(running(), DONE, at=10, s=spec(serving=SERVING))
 
 
@@ -349,7 +350,7 @@ def test_condition_transition_times_change_only_with_their_status() -> None:
 
 
 def test_generation_is_observed() -> None:
-    d = L.reconcile(L.JobMeta("sentiment", "ml", "u", generation=7), spec(), None, Observed(), T0, SETTINGS)
+    d = L.reconcile(JobMeta("sentiment", "ml", "u", generation=7), spec(), None, Observed(), T0, SETTINGS)
     assert d.status["observedGeneration"] == 7
     assert all(c["observedGeneration"] == 7 for c in d.status["conditions"])
 

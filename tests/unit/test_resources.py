@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator import api, resources
+from finetune_operator import api, names, resources
 from finetune_operator.settings import Settings
 from finetune_trainer.config import TrainerConfig
 
@@ -197,14 +197,14 @@ def test_export_pod_exports_then_publishes_with_the_repository_credentials() -> 
 
 
 def test_a_name_too_long_for_pod_hostnames_is_reported() -> None:
-    assert resources.name_errors("a" * 52, 101) == [
+    assert names.name_errors("a" * 52, 101) == [
         f"metadata.name: at most 51 characters for 101 worker pods (pod hostname {'a' * 52 + '-workers-100'!r} is "
         "too long)"
     ]
-    assert resources.name_errors("a" * 52, 100) == []
+    assert names.name_errors("a" * 52, 100) == []
 
 
 def test_a_name_starting_with_a_digit_is_reported_before_its_service_is_refused() -> None:
-    (error,) = resources.name_errors("2024-bert", 1)
+    (error,) = names.name_errors("2024-bert", 1)
     assert error.startswith("metadata.name: must start with a lowercase letter") and "'2024-bert-workers'" in error
-    assert resources.name_errors("bert-2024", 1) == []
+    assert names.name_errors("bert-2024", 1) == []

@@ -1,0 +1,36 @@
+"""What the phase machine (lifecycle.py) is given about a job and what it returns: the decision the controller
+carries out (children to create and delete, events, the new status, when to look again)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    """What to do: children to create and delete, events, the new status, when to look again."""
+
+    status: dict[str, Any]
+    create: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[tuple[str, str]] = field(default_factory=list)  # (plural, name), e.g. ("pods", "x-a1-0")
+    events: list[Event] = field(default_factory=list)
+    requeue: float | None = None
+    restarted: bool = False
+    published_seconds: float | None = None
+    publish_failed: bool = False
+
+
+@dataclass(frozen=True)
+class JobMeta:
+    name: str
+    namespace: str
+    uid: str
+    generation: int = 1
