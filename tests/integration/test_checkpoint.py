@@ -92,7 +92,7 @@ def test_save_snapshots_state_before_training_goes_on(storage: Storage, tmp_path
 
 
 def test_snapshots_reuse_buffers_from_the_previous_save(tmp_path: Path) -> None:
-    from finetune_trainer.checkpoint import SnapshotBuffers
+    from finetune_trainer.snapshot import SnapshotBuffers
 
     _, _, state = train_state()
     buffers = SnapshotBuffers()

@@ -340,10 +340,18 @@ def _fill_parents(draw: st.DrawFn, spec: dict, path: str) -> None:
     section with required fields (dataset.augmentation.backTranslation) breaks only at ``path``."""
     node, walked = spec, "spec"
     for name, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path.removeprefix("spec"))[:-1]:
-        if index or not isinstance(node, dict):
+        if index:  # a list item (ensemble.members[0]): the items up to it, each a valid one
+            if not isinstance(node, list):
+                return
+            walked = f"{walked}[{index}]"
+            while len(node) <= int(index):
+                node.append(draw(_values(schema_at(walked), walked)))
+            node = node[int(index)]
+            continue
+        if not isinstance(node, dict):
             return
         walked = f"{walked}.{name}"
-        if not isinstance(node.get(name), dict):
+        if not isinstance(node.get(name), dict | list):
             node[name] = draw(_values(schema_at(walked), walked))
         node = node[name]
 

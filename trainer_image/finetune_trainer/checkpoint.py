@@ -20,64 +20,46 @@ interrupted attempt at the same step is never mistaken for the current one.
 from __future__ import annotations
 
 import contextlib
-import copy
-import hashlib
 import json
 import logging
 import math
 import os
-import re
 import shutil
 import tempfile
 import threading
 import time
 import uuid
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
+from finetune_trainer.checkpoint_format import (
+    FORMAT,
+    MANIFEST,
+    STATE,
+    CheckpointError,
+    CheckpointInfo,
+    CorruptCheckpointError,
+    HashingWriter,
+    checkpoint_prefix,
+    done_marker,
+    download_verified,
+    rank_file,
+    read_manifest,
+    retention_drops,
+    scan,
+    torch_load,
+)
+from finetune_trainer.snapshot import SnapshotBuffers
 from finetune_trainer.storage import NotFoundError, Storage, open_storage
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
-MANIFEST = "manifest.json"
-STATE = "state.pt"
-PREFIX_RE = re.compile(r"^checkpoint-(\d{8,})/")
 METRIC_MODES = ("max", "min")
-
-
-def checkpoint_prefix(step: int) -> str:
-    return f"checkpoint-{step:08d}"
-
-
-def rank_file(rank: int) -> str:
-    return f"rank-{rank:05d}.pt"
-
-
-def done_marker(rank: int) -> str:
-    return f"done-{rank:05d}.json"
-
-
-class CheckpointError(Exception):
-    """A checkpoint could not be saved or loaded; the message names it and says what to check."""
-
-
-class CorruptCheckpointError(CheckpointError):
-    """A checkpoint's manifest is missing or invalid, or an object does not match it."""
-
-
-@dataclass
-class CheckpointInfo:
-    step: int
-    key: str  # the checkpoint's prefix, e.g. "checkpoint-00000200"
-    metric: float | None
-    manifest: dict
 
 
 @dataclass
@@ -96,92 +78,12 @@ class SaveStats:
     objects: list[dict] = field(default_factory=list)
 
 
-class _HashingWriter:
-    """File wrapper that hashes and counts what torch.save writes, saving a second pass over the file."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f, self.sha, self.size = f, hashlib.sha256(), 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.f.write(data)
-
-    def flush(self) -> None:
-        self.f.flush()
-
-
-class SnapshotBuffers:
-    """CPU tensors reused from one save to the next.
-
-    Fresh allocations cost as much as the copy itself (page faults), so after the first save a snapshot is a
-    plain memcpy into last save's buffers. Buffers for GPU tensors are pinned, so the device-to-host copies
-    run at full speed. Costs one state's worth of host memory for the life of the manager.
-    """
-
-    def __init__(self) -> None:
-        self.free: dict[tuple, list] = {}
-
-    def snapshot(self, obj: Any, lent: list) -> Any:
-        """A deep copy with every tensor copied to CPU memory; the buffers used are appended to ``lent``."""
-        import torch
-
-        if isinstance(obj, torch.Tensor):
-            if obj.layout != torch.strided:
-                return obj.detach().to("cpu", copy=True)
-            key = (tuple(obj.shape), obj.dtype, obj.is_cuda)
-            pool = self.free.get(key)
-            buf = pool.pop() if pool else torch.empty(key[0], dtype=obj.dtype, pin_memory=obj.is_cuda)
-            buf.copy_(obj.detach(), non_blocking=obj.is_cuda)
-            lent.append((key, buf))
-            return buf
-        if isinstance(obj, OrderedDict):
-            return OrderedDict((k, self.snapshot(v, lent)) for k, v in obj.items())
-        if isinstance(obj, dict):
-            return {k: self.snapshot(v, lent) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [self.snapshot(v, lent) for v in obj]
-        if type(obj) is tuple:
-            return tuple(self.snapshot(v, lent) for v in obj)
-        return copy.deepcopy(obj)
-
-    def release(self, lent: list) -> None:
-        for key, buf in lent:
-            self.free.setdefault(key, []).append(buf)
-        lent.clear()
-
-
 def _lower_priority(nice: int) -> None:
     """Raise this thread's niceness (Linux: per thread, inherited by threads it starts)."""
     if nice > 0 and hasattr(os, "setpriority"):
         with contextlib.suppress(OSError):
             tid = threading.get_native_id()
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-
-
-def _file_digest(path: Path) -> tuple[int, str]:
-    sha, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * 1024 * 1024):
-            sha.update(chunk)
-            size += len(chunk)
-    return size, sha.hexdigest()
-
-
-def _safe_globals() -> list:
-    """numpy types found in RNG states; allowed so loads can stay ``weights_only=True``."""
-    import numpy as np
-
-    core = getattr(np, "_core", None) or np.core
-    dtypes = [type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64, np.float32, np.bool_)]
-    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype, *dtypes]
-
-
-def _torch_load(path: Path, map_location: Any) -> Any:
-    import torch
-
-    with torch.serialization.safe_globals(_safe_globals()):
-        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 class CheckpointManager:
@@ -390,7 +292,7 @@ class CheckpointManager:
         local = self.staging / f"{prefix}-{name}"
         try:
             with open(local, "wb") as f:
-                writer = _HashingWriter(f)
+                writer = HashingWriter(f)
                 torch.save(obj, writer)
             t = time.perf_counter()
             self.storage.put_file(local, f"{prefix}/{name}")
@@ -426,14 +328,6 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------------------------------- retention
 
-    def _scan(self) -> dict[int, set[str]]:
-        """step -> names of the objects under its prefix."""
-        groups: dict[int, set[str]] = {}
-        for key in self.storage.list("checkpoint-"):
-            if m := PREFIX_RE.match(key):
-                groups.setdefault(int(m.group(1)), set()).add(key[m.end() :])
-        return groups
-
     def _metric(self, step: int) -> float | None:
         if step not in self._manifests:
             try:
@@ -445,18 +339,8 @@ class CheckpointManager:
 
     def _retain(self) -> None:
         """Rank 0, after a commit: keep the last ``keep_last`` + the best; drop older uncommitted prefixes."""
-        groups = self._scan()
-        committed = sorted(step for step, names in groups.items() if MANIFEST in names)
-        if not committed:
-            return
-        keep = set(committed[-self.keep_last :])
-        if self.keep_best:
-            scored = [(m, step) for step in committed if (m := self._metric(step)) is not None]
-            if scored:
-                best = max(scored) if self.metric_mode == "max" else min(scored, key=lambda ms: (ms[0], -ms[1]))
-                keep.add(best[1])
-        drop = [s for s in committed if s not in keep]
-        drop += [s for s in groups if s not in committed and s < committed[-1]]
+        groups = scan(self.storage)
+        drop = retention_drops(groups, self._metric, self.keep_last, self.keep_best, self.metric_mode)
         for step in sorted(drop):
             prefix = checkpoint_prefix(step)
             names = groups[step]
@@ -476,7 +360,7 @@ class CheckpointManager:
         Storage errors (e.g. S3 unreachable) are raised, never taken for a missing checkpoint.
         """
         self._drop_verified()
-        groups = self._scan()
+        groups = scan(self.storage)
         for step in sorted(groups, reverse=True):
             prefix = checkpoint_prefix(step)
             if MANIFEST not in groups[step]:
@@ -485,7 +369,7 @@ class CheckpointManager:
                 )
                 continue
             try:
-                info = self._read_manifest(step)
+                info = read_manifest(self.storage, self.url, step)
                 self._verify(info)
                 return info
             except CorruptCheckpointError as e:
@@ -494,10 +378,10 @@ class CheckpointManager:
 
     def at(self, step: int) -> CheckpointInfo | None:
         """The committed checkpoint of ``step`` (e.g. the best one, which retention keeps), or None."""
-        if MANIFEST not in self._scan().get(step, set()):
+        if MANIFEST not in scan(self.storage).get(step, set()):
             return None
         try:
-            return self._read_manifest(step)
+            return read_manifest(self.storage, self.url, step)
         except CorruptCheckpointError as e:
             log.warning("%s; skipping it", e)
             return None
@@ -516,68 +400,18 @@ class CheckpointManager:
         if files is None or not wanted <= files.keys():
             files = self._verify(info, wanted)
         try:
-            state = _torch_load(files[STATE], map_location)
-            rank_state = _torch_load(files[rank_file(self.rank)], "cpu") if rank_file(self.rank) in files else None
+            state = torch_load(files[STATE], map_location)
+            rank_state = torch_load(files[rank_file(self.rank)], "cpu") if rank_file(self.rank) in files else None
         except Exception as e:
             raise CorruptCheckpointError(f"checkpoint {self.url}/{info.key}: cannot be loaded: {e}") from e
         finally:
             self._drop_verified()
         return state, rank_state
 
-    def _read_manifest(self, step: int) -> CheckpointInfo:
-        prefix = checkpoint_prefix(step)
-        where = f"checkpoint {self.url}/{prefix}/{MANIFEST}"
-        try:
-            manifest = json.loads(self.storage.get_bytes(f"{prefix}/{MANIFEST}"))
-        except NotFoundError:
-            raise CorruptCheckpointError(f"{where}: deleted while reading") from None
-        except ValueError as e:
-            raise CorruptCheckpointError(f"{where}: not valid JSON ({e})") from None
-        objects = manifest.get("objects") if isinstance(manifest, dict) else None
-        valid = (
-            isinstance(objects, list)
-            and manifest.get("step") == step
-            and all(isinstance(o, dict) and {"key", "size", "sha256"} <= o.keys() for o in objects)
-        )
-        if not valid:
-            raise CorruptCheckpointError(f"{where}: not a manifest for step {step} with objects key/size/sha256")
-        metric = manifest.get("metric")
-        return CheckpointInfo(step, prefix, float(metric) if isinstance(metric, int | float) else None, manifest)
-
     def _verify(self, info: CheckpointInfo, names: set[str] | None = None) -> dict[str, Path]:
-        """Download the manifest's objects (or ``names`` of them) and check size and sha256.
-
-        Keeps the files this rank loads (state and own rank file) for ``load()``; hashes the rest and drops them.
-        """
-        keep = {STATE, rank_file(self.rank)}
-        files: dict[str, Path] = {}
+        """Download and check the manifest's objects (or ``names`` of them); keep the files this rank loads."""
         folder = self.staging / "verified" / info.key
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            for obj in info.manifest["objects"]:
-                name = obj["key"]
-                if names is not None and name not in names:
-                    continue
-                local = folder / name
-                try:
-                    self.storage.get_file(f"{info.key}/{name}", local)
-                except NotFoundError:
-                    raise CorruptCheckpointError(
-                        f"checkpoint {self.url}/{info.key}: object {name} listed in the manifest is missing"
-                    ) from None
-                size, sha = _file_digest(local)
-                if size != obj["size"] or sha != obj["sha256"]:
-                    raise CorruptCheckpointError(
-                        f"checkpoint {self.url}/{info.key}: object {name} does not match the manifest "
-                        f"(size {size} vs {obj['size']}, sha256 {sha[:12]}... vs {str(obj['sha256'])[:12]}...)"
-                    )
-                if name in keep:
-                    files[name] = local
-                else:
-                    local.unlink()
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+        files = download_verified(self.storage, self.url, info, folder, {STATE, rank_file(self.rank)}, names)
         self._verified[info.key] = files
         return files
 

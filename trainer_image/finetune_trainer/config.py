@@ -12,81 +12,25 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Self, TypeVar
+from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, model_validator
 
-from finetune_trainer.errors import InputError
+from finetune_trainer.config_errors import ConfigError, parse
 from finetune_trainer.preprocessing import CLEANING_STEPS
-
-
-class Section(BaseModel):
-    """Base of every spec section: camelCase aliases, unknown fields rejected."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=True
-    )
-
-
-class TaskType(StrEnum):
-    SINGLE_LABEL = "single_label_classification"
-    MULTI_LABEL = "multi_label_classification"
-    REGRESSION = "regression"
-
-
-class Truncation(StrEnum):
-    HEAD = "head"
-    TAIL = "tail"
-    HEAD_TAIL = "head_tail"
-
-
-class Precision(StrEnum):
-    AUTO = "auto"
-    BF16 = "bf16"
-    FP16 = "fp16"
-    FP32 = "fp32"
-
-
-class Scheduler(StrEnum):
-    LINEAR = "linear"
-    COSINE = "cosine"
-    CONSTANT = "constant"
-
-
-class DataFormat(StrEnum):
-    AUTO = "auto"
-    CSV = "csv"
-    TSV = "tsv"
-    JSON = "json"
-    JSONL = "jsonl"
-    PARQUET = "parquet"
-
-
-class ClassWeighting(StrEnum):
-    NONE = "none"
-    BALANCED = "balanced"
-
-
-NonEmpty = Annotated[str, Field(min_length=1)]
-
-
-class ModelSpec(Section):
-    """The pretrained model to fine-tune."""
-
-    name: NonEmpty = Field(
-        description="Hub model id (bert-base-uncased), s3://bucket/prefix, local path, or "
-        "package://<python package>/<path> for a model a Python package ships."
-    )
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
-    trust_remote_code: bool = Field(False, description="Allow custom model code from the hub.")
-
-
-class AugmentOperation(StrEnum):
-    SYNONYM = "synonym"
-    INSERT = "insert"
-    SWAP = "swap"
-    DELETE = "delete"
+from finetune_trainer.sections import (
+    AugmentOperation,
+    ClassWeighting,
+    DataFormat,
+    ModelSpec,
+    NonEmpty,
+    Precision,
+    Scheduler,
+    Section,
+    TaskType,
+    Truncation,
+)
+from finetune_trainer.stages import DistillationSpec, PretrainingSpec, ProfilingSpec, check_distillation
 
 
 class BackTranslation(Section):
@@ -344,103 +288,6 @@ class CheckpointSpec(Section):
     s3: S3Spec | None = None
 
 
-class ProfilingSpec(Section):
-    """torch.profiler over optimizer steps startStep..endStep of one rank; off (and free) when absent."""
-
-    start_step: int = Field(5, ge=1, description="First optimizer step profiled (1 is the first step).")
-    end_step: int = Field(7, ge=1, description="Last optimizer step profiled (inclusive).")
-    rank: int = Field(0, ge=0, description="Global rank whose steps are profiled.")
-    memory: bool = Field(True, description="Record tensor allocations (memory columns of the table).")
-    record_shapes: bool = Field(False, description="Record operator input shapes (bigger trace).")
-    with_stack: bool = Field(False, description="Record Python stacks of operators (much bigger trace).")
-    row_limit: int = Field(50, ge=1, le=10000, description="Rows of the key-averages table.")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Self:
-        if self.end_step < self.start_step:
-            raise ValueError(f"profiling.endStep ({self.end_step}) must be at least startStep ({self.start_step})")
-        return self
-
-
-class TeacherLogits(StrEnum):
-    CACHED = "cached"
-    ON_THE_FLY = "onTheFly"
-
-
-class DistillationSpec(Section):
-    """Knowledge distillation: the job's model (the student) learns the labels and the teacher's softened
-    predictions, loss = crossEntropyWeight * CE(labels) + klWeight * T^2 * KL(teacher || student) at T."""
-
-    teacher: ModelSpec = Field(
-        description="The teacher: a classifier trained on the job's labels (same forms as model.name); its "
-        "tokenizer may differ from the student's."
-    )
-    temperature: float = Field(2.0, gt=0, le=100, description="Softmax temperature T of both distributions.")
-    cross_entropy_weight: float = Field(0.7, ge=0, description="Weight of the cross-entropy with the labels.")
-    kl_weight: float = Field(0.3, ge=0, description="Weight of the KL divergence from the teacher.")
-    teacher_logits: TeacherLogits = Field(
-        TeacherLogits.CACHED,
-        description="cached: the teacher scores each training example once, before training (kept in the run's "
-        "cache beside the tokenized data); onTheFly: it scores every batch (needed with dataset.augmentation, "
-        "whose rows change each epoch).",
-    )
-
-    @model_validator(mode="after")
-    def _some_weight(self) -> Self:
-        if self.cross_entropy_weight == 0 and self.kl_weight == 0:
-            raise ValueError("crossEntropyWeight and klWeight cannot both be 0")
-        return self
-
-
-def check_distillation(distillation: DistillationSpec | None, task: TaskSpec, dataset: DatasetSpec) -> None:
-    """What distillation needs from the other sections (ValueError with the field names)."""
-    if distillation is None:
-        return
-    if task.type != TaskType.SINGLE_LABEL:
-        raise ValueError(f"distillation needs task.type single_label_classification, got {task.type}")
-    if getattr(dataset, "augmentation", None) is not None and distillation.teacher_logits == TeacherLogits.CACHED:
-        raise ValueError("distillation.teacherLogits must be onTheFly with dataset.augmentation: augmented rows "
-                         "change each epoch, so cached teacher logits would not match them")
-
-
-class PretrainingSpec(Section):
-    """Domain-adaptive masked-LM pretraining of the encoder on unlabelled text, a first stage of the same job.
-
-    The encoder learns the domain's text by BERT's masked-token objective; the classifier stage starts from it."""
-
-    source: NonEmpty = Field(
-        description="Unlabelled domain text, same forms as dataset.train (file path or glob, s3://, package://, "
-        "hub dataset name); a .txt file is one text per line."
-    )
-    format: DataFormat = Field(DataFormat.AUTO, description="File format; auto uses the file extension.")
-    text_column: NonEmpty = Field("text", description="Column holding the text (a .txt file's lines are text).")
-    split: str | None = Field(None, description="Split of a hub dataset (default: train).")
-    max_samples: int | None = Field(None, ge=1, description="Use at most this many texts (seeded choice).")
-    epochs: float | None = Field(1.0, gt=0, description="Passes over the domain text.")
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
-    mask_probability: float = Field(0.15, gt=0, lt=1, description="Share of tokens (or words) masked.")
-    whole_word_mask: bool = Field(
-        False, description="Mask every piece of a word together (WordPiece '##' continuations with their word) "
-        "instead of single tokens; masked words are all replaced by the mask token."
-    )
-    learning_rate: float | None = Field(
-        None, gt=0, lt=1, description="Peak learning rate of this stage (default: hyperparameters.learningRate)."
-    )
-    batch_size: int | None = Field(
-        None, ge=1, le=4096, description="Texts per process per step (default: hyperparameters.batchSize)."
-    )
-    validation_split: float = Field(
-        0.05, gt=0, lt=0.5,
-        description="Share of the texts held out to measure the masked-LM loss before and after the stage.",
-    )
-
-    @model_validator(mode="after")
-    def _length(self) -> Self:
-        if self.epochs is None and self.max_steps is None:
-            raise ValueError("pretraining: one of epochs or maxSteps is required")
-        return self
-
-
 class TrainerConfig(Section):
     """Everything a trainer process needs: the job's sections plus where this run writes."""
 
@@ -490,67 +337,3 @@ class TrainerConfig(Section):
         return parse(cls, raw, prefix="")
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
-class ConfigError(InputError):
-    """A configuration that cannot be used; ``errors`` lists one message per wrong field."""
-
-    def __init__(self, errors: list[str]):
-        self.errors = errors
-        super().__init__("\n".join(errors))
-
-
-def _describe(err: dict[str, Any]) -> str:
-    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
-    expected = {
-        "missing": "a value (field is required)",
-        "extra_forbidden": "no such field (check spelling and indentation)",
-        "greater_than": f"a number greater than {ctx.get('gt')}",
-        "greater_than_equal": f"a number of at least {ctx.get('ge')}",
-        "less_than": f"a number less than {ctx.get('lt')}",
-        "less_than_equal": f"a number of at most {ctx.get('le')}",
-        "string_too_short": "a non-empty string",
-        "enum": f"one of {ctx.get('expected')}",
-        "literal_error": f"one of {ctx.get('expected')}",
-        "string_pattern_mismatch": f"a string matching {ctx.get('pattern')}",
-        "int_parsing": "an integer",
-        "int_type": "an integer",
-        "int_from_float": "an integer",
-        "float_parsing": "a number",
-        "float_type": "a number",
-        "bool_parsing": "true or false",
-        "bool_type": "true or false",
-        "string_type": "a string",
-        "list_type": "a list",
-        "model_type": "a mapping of fields",
-        "dict_type": "a mapping",
-    }.get(kind)
-    if expected is None:
-        return err["msg"].removeprefix("Value error, ")
-    if kind in ("missing", "extra_forbidden"):
-        return f"expected {expected}"
-    return f"expected {expected}, got {got!r}"
-
-
-def format_errors(exc: ValidationError, prefix: str = "spec") -> list[str]:
-    """Turn a pydantic error into one line per field: ``spec.hyperparameters.learningRate: expected ...``."""
-    lines = []
-    for err in exc.errors():
-        # Union members add their type name to the location ("list[...]", "ClassWeighting"): drop those.
-        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p[:1].isupper()))]
-        path = prefix
-        for part in loc:
-            path = f"{path}[{part}]" if part.isdigit() else (f"{path}.{part}" if path else part)
-        line = f"{path or '<root>'}: {_describe(err)}"
-        if line not in lines:
-            lines.append(line)
-    return lines
-
-
-def parse(model: type[M], raw: Any, prefix: str = "spec") -> M:
-    """Validate ``raw`` into ``model``, raising ConfigError that names every wrong field by its path."""
-    try:
-        return model.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(format_errors(e, prefix)) from None

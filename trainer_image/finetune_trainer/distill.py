@@ -23,10 +23,11 @@ import torch.nn.functional as F
 
 from finetune_trainer import data as D
 from finetune_trainer import dist
-from finetune_trainer.config import DistillationSpec, TeacherLogits
 from finetune_trainer.errors import InputError
 from finetune_trainer.preprocessing import Preprocessing
+from finetune_trainer.sections import TeacherLogits
 from finetune_trainer.sources import model_location
+from finetune_trainer.stages import DistillationSpec
 
 log = logging.getLogger(__name__)
 
