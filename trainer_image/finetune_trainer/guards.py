@@ -49,11 +49,12 @@ class StepGuard:
     def __init__(self, trainer: Any):
         self.trainer, self.hp, self.info = trainer, trainer.hp, trainer.info
         self.bad_streak = 0
-        self.window_finite = True
+        self.window_finite: bool | torch.Tensor = True  # stays on the device until the step boundary reads it
         self.oom: str | None = None  # "batch B, seq S" of this rank's out-of-memory micro-batch in this window
 
-    def micro_step(self, batch: dict[str, torch.Tensor], module: torch.nn.Module, boundary: bool) -> float:
-        """Run one micro-batch; returns its loss. Raises ``Resized``, ``OutOfMemory`` (see the module docstring).
+    def micro_step(self, batch: dict[str, torch.Tensor], module: torch.nn.Module, boundary: bool) -> torch.Tensor:
+        """Run one micro-batch; returns its loss as a detached device tensor (no host sync: the loop reads it
+        once per log window). Raises ``Resized``, ``OutOfMemory`` (see the module docstring).
 
         With several ranks, out-of-memory is agreed on before the boundary micro-batch's backward (the one that
         all-reduces gradients); an out-of-memory inside that backward cannot be agreed on and stops the run.
@@ -78,7 +79,7 @@ class StepGuard:
         if boundary or not self.info.enabled:
             self._settle_oom()
         if loss is None:  # this rank ran out earlier in the window; the boundary settles it
-            return float("nan")
+            return torch.tensor(float("nan"), device=batch["input_ids"].device)
         if synced:
             try:
                 backward(loss)
@@ -86,8 +87,8 @@ class StepGuard:
                 if not _is_oom(e):
                     raise
                 raise OutOfMemory(self._advice(shape, "in the gradient all-reduce, which ranks cannot retry")) from None
-        value = float(loss.detach())
-        self.window_finite = self.window_finite and math.isfinite(value)
+        value = loss.detach()
+        self.window_finite = torch.isfinite(value) & self.window_finite
         return value
 
     def _try(self, fn: Callable[[], Any], shape: str) -> Any:
@@ -156,7 +157,8 @@ class StepGuard:
 
     def step_is_finite(self, step: int) -> bool:
         """Whether the window's loss was finite on every rank; raises ``TrainingDiverged`` after too many not."""
-        finite = not dist.any_flag(not self.window_finite, self.info) if self.info.enabled else self.window_finite
+        local = bool(self.window_finite)  # the step's one host read of the device-side flag
+        finite = not dist.any_flag(not local, self.info) if self.info.enabled else local
         self.window_finite = True
         if finite:
             self.bad_streak = 0
