@@ -111,3 +111,25 @@ def test_model_without_token_type_ids_exports_two_inputs(tiny_bert: Path, tmp_pa
     assert report["max_sequence_length"] == 64
     session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"))
     assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+
+
+def test_default_export_serves_the_fused_graph_that_passed_parity(finetuned_tiny: Path, tmp_path: Path):
+    # A job's export step passes no --optimize: what it publishes must still be the fast graph.
+    assert main(["--model", str(finetuned_tiny), "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    assert report["optimization"]["status"] == "done"
+    assert report["parity"]["checks"]["optimized"]["max_abs_diff"] <= report["parity"]["tolerance"]
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node}
+    assert "Attention" in ops and "SkipLayerNormalization" in ops, ops
+    assert main(["--model", str(finetuned_tiny), "--out", str(tmp_path / "plain"), "--no-optimize"]) == 0
+    plain = {n.op_type for n in onnx.load(str(tmp_path / "plain" / "model.onnx")).graph.node}
+    assert "Attention" not in plain
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-node refusal")
+def test_tensorrt_required_on_a_cpu_node_fails_at_once_saying_it_needs_a_gpu(finetuned_tiny: Path, tmp_path: Path,
+                                                                              capsys):
+    assert main(["--model", str(finetuned_tiny), "--out", str(tmp_path / "out"), "--require-tensorrt"]) == 2
+    err = capsys.readouterr().err
+    assert "serving.backend tensorrt" in err and "TensorRT needs a GPU" in err
+    assert not (tmp_path / "out").exists()  # refused before any export work
