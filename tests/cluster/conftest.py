@@ -58,7 +58,7 @@ def operator(ftj_api: KubeApi, tmp_path: Path) -> Iterator[Operator]:
 
 
 def job(name: str, storage: Path) -> dict:
-    """A small two-node job (these tests run no pod: the cluster has no kubelet)."""
+    """A small two-node job whose pods fit no test node (these tests are about the API, not running pods)."""
     return {
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "FineTuneJob",
@@ -66,7 +66,7 @@ def job(name: str, storage: Path) -> dict:
         "spec": {
             "model": {"name": "bert-base-uncased"},
             "dataset": {"train": "s3://data/train.csv"},
-            "resources": {"nodes": 2, "cpu": "1", "memory": "1Gi"},
+            "resources": {"nodes": 2, "cpu": "100", "memory": "1Gi"},
             "checkpoint": {"storage": str(storage)},
         },
     }
