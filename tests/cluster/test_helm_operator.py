@@ -1,5 +1,6 @@
 """The operator as a user runs it: `helm install` of the chart (the operator in-cluster, as a pod of the operator
-image under its ServiceAccount and namespaced Role), `kubectl apply` of a FineTuneJob whose model, data and
+image under its ServiceAccount and namespaced Role, its validating webhook called by the API server through the
+chart's Service with the chart's certificate), `kubectl apply` of a FineTuneJob whose model, data and
 checkpoints live in S3, torchrun workers of the trainer image on the process-runtime nodes, `kubectl get ftj`
 until Succeeded, then `kubectl delete` and `helm uninstall` leaving nothing behind."""
 
@@ -88,6 +89,15 @@ def test_helm_installed_operator_runs_a_two_node_job_to_succeeded(
     kube = release
     pods = get_json(kube, "pods", "-l", "app.kubernetes.io/name=finetune-operator")["items"]
     assert pods and pods[0]["spec"]["serviceAccountName"] == f"{RELEASE}-finetune-operator", pods
+    # The chart's validating webhook judges what the CRD's schema and CEL rules cannot: here, where checkpoints go.
+    unstored = {**s3_job("unstored", s3_server, "bert-base-uncased", "s3://x/train.csv", "s3://x/val.csv")}
+    del unstored["spec"]["checkpoint"]["storage"]
+    refused = kube.kubectl("apply", "-f", "-", stdin=json.dumps(unstored), check=False)
+    assert refused.returncode != 0
+    assert 'admission webhook "validate.finetunejobs.finetune.dev" denied the request' in refused.stderr
+    assert "checkpoint.storage" in refused.stderr, refused.stderr
+    assert kube.kubectl("get", "ftj", "unstored", check=False).returncode != 0
+
     train, val = sentiment_csv
     job = s3_job("twonode", s3_server, upload(s3_server, tiny_bert, "models/tiny"),
                  upload(s3_server, train, "data/train.csv"), upload(s3_server, val, "data/val.csv"))  # fmt: skip

@@ -198,6 +198,8 @@ def test_deleting_a_pod_sends_sigterm_and_waits_for_the_grace_period(kube: KubeA
     """
     apply(kube, python_pod("graceful", script, terminationGracePeriodSeconds=20))
     phase(kube, "graceful", "Running")
+    logs = eventually(lambda: kube.kubectl("logs", "graceful").stdout, timeout=30, what="kubectl logs")
+    assert logs == "running\n"
     started = time.monotonic()
     kube.kubectl("delete", "pod", "graceful", "--wait=true", timeout=60)
     took = time.monotonic() - started
