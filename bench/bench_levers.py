@@ -7,7 +7,8 @@ variant's median samples/s and the ratio on/off.
 
     python bench/bench_levers.py --lever optimizer --steps 10 --rounds 3
 
-Levers: ``precision`` (fp32 vs bf16 autocast), ``optimizer`` (for-loop vs foreach vs fused AdamW), ``sync``
+Levers: ``precision`` (fp32 vs bf16 autocast), ``optimizer-step`` (AdamW.step alone), ``optimizer``
+(for-loop vs foreach vs fused AdamW in whole steps), ``sync``
 (``.item()`` per micro-batch vs one read per log window), ``attention`` (eager vs sdpa), ``compile`` (eager vs
 torch.compile with lengths bucketed to multiples of 32, compile time reported apart), ``threads`` (torch intra-op
 threads: all cores vs one fewer).
@@ -112,6 +113,28 @@ def build(v: dict, bf16: bool) -> tuple:
     return step, compile_s
 
 
+def optimizer_step_only(rounds: int) -> dict:
+    """AdamW.step alone on MiniLM's parameters with fixed random gradients: for-loop vs foreach vs fused, in turns."""
+    opts = {}
+    for name, kw in {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}.items():
+        m = model()
+        for p in m.parameters():
+            p.grad = torch.randn_like(p) * 1e-3
+        opts[name] = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.01, **kw)
+        opts[name].step()
+    ms: dict[str, list[float]] = {n: [] for n in opts}
+    for _ in range(rounds):
+        for name, opt in opts.items():
+            t = time.perf_counter()
+            for _ in range(5):
+                opt.step()
+            ms[name].append((time.perf_counter() - t) / 5 * 1000)
+    med = {n: statistics.median(v) for n, v in ms.items()}
+    return {"lever": "optimizer-step", "ms_per_step_median": med,
+            "ratio_vs_for-loop": {n: med[n] / med["for-loop"] for n in med}, "all_ms": ms,
+            "load_average": os.getloadavg(), "torch": torch.__version__}
+
+
 def main() -> None:
     global SEQ
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -124,6 +147,12 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     SEQ = args.seq
+    if args.lever == "optimizer-step":
+        report = optimizer_step_only(args.rounds * 2)
+        print(json.dumps(report, indent=2))
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=2))
+        return
     bf16 = args.precision == "bf16" or (args.precision == "auto" and cpu_has_bf16())
     vs = variants(args.lever)
     data = {name: batches(args.steps * args.rounds + 2, v.get("bucket", 1)) for name, v in vs.items()}

@@ -123,7 +123,7 @@ class Stage:
     def __init__(self, cfg: TrainerConfig, info: dist.DistInfo, tokenizer: Any, store: Any):
         from transformers import get_scheduler
 
-        from finetune_trainer.loop import resolve_precision, seed_everything
+        from finetune_trainer.loop import fused_adamw, resolve_precision, seed_everything
 
         spec, hp = cfg.pretraining, cfg.hyperparameters
         assert spec is not None
@@ -145,7 +145,8 @@ class Stage:
         groups = [{"params": decays[True], "weight_decay": hp.weight_decay},
                   {"params": decays[False], "weight_decay": 0.0}]
         self.optimizer = torch.optim.AdamW(groups, lr=spec.learning_rate or hp.learning_rate,
-                                           betas=(hp.adam_beta1, hp.adam_beta2), eps=hp.adam_epsilon)
+                                           betas=(hp.adam_beta1, hp.adam_beta2), eps=hp.adam_epsilon,
+                                           fused=fused_adamw(info.device))
         self.amp_dtype = resolve_precision(hp.precision, info.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.sampler = D.EpochSampler(len(self.train), rank=info.rank, world_size=info.world_size, seed=hp.seed)
