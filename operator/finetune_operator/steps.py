@@ -46,6 +46,8 @@ def export_args(job: api.FineTuneJob, model_dir: str, out_dir: str) -> list[str]
     args = ["export", "--model", model_dir, "--out", out_dir]
     if job.spec.serving.quantize:
         args.append("--int8")
+    if job.spec.serving.backend == "tensorrt":  # fail at the export's start on a node that cannot build the engine
+        args.append("--require-tensorrt")
     if job.spec.dataset.text_pair_column:
         args.append("--text-pair")
     return args

@@ -80,3 +80,12 @@ def test_trainer_image_keeps_the_base_cuda_torch() -> None:
     assert base.startswith("pytorch/pytorch:") and "cuda" in base and base.endswith("-runtime")
     run = " ".join(args for word, args in steps if word == "RUN")
     assert "--constraint /tmp/torch-constraint.txt" in run and '".[trainer]"' in run
+
+
+def test_trainer_image_gpu_variant_installs_tensorrt() -> None:
+    steps = instructions("Dockerfile.trainer")
+    args = dict(a.split("=", 1) for w, a in steps if w == "ARG")
+    assert args["VARIANT"] == "standard"  # the default image stays as it was
+    run = " ".join(a for w, a in steps if w == "RUN")
+    assert '"$VARIANT" = "gpu"' in run and "tensorrt-cu12==${TENSORRT_VERSION}" in run
+    assert "import tensorrt" in run  # the build fails if the module does not import

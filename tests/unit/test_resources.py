@@ -208,3 +208,12 @@ def test_a_name_starting_with_a_digit_is_reported_before_its_service_is_refused(
     (error,) = names.name_errors("2024-bert", 1)
     assert error.startswith("metadata.name: must start with a lowercase letter") and "'2024-bert-workers'" in error
     assert names.name_errors("bert-2024", 1) == []
+
+
+def test_a_tensorrt_job_exports_with_require_tensorrt_so_a_cpu_node_fails_at_once() -> None:
+    from finetune_operator.steps import export_args
+
+    spec = {"model": {"name": "bert-base-uncased"}, "dataset": {"train": "s3://d/train.csv"}}
+    trt = job("trt", {**spec, "serving": {"backend": "tensorrt", "repository": "s3://models/triton"}})
+    assert "--require-tensorrt" in export_args(trt, "m", "out")
+    assert "--require-tensorrt" not in export_args(job("ort", spec), "m", "out")
