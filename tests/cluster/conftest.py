@@ -4,6 +4,7 @@ running against it out of cluster; small job helpers."""
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ import yaml
 from finetune_operator import api
 from tests.e2e.conftest import Operator
 from tests.fixtures.kube import KubeApi, eventually
+from tests.fixtures.kubelet import NodePool
 from tests.fixtures.processes import free_port
+from tests.fixtures.s3 import S3Server
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = f"{api.PLURAL}.{api.GROUP}"
@@ -95,3 +98,67 @@ def service_account_kubeconfig(kube: KubeApi, account: str, path: Path) -> Path:
                             "context": {"cluster": "c", "user": "sa", "namespace": kube.namespace}}]}  # fmt: skip
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+# --- the chart installed with helm, and jobs whose model, data and checkpoints are in S3
+
+CHART = ROOT / "charts" / "finetune-operator"
+RELEASE = "ft"
+SECRET = "s3-credentials"
+
+
+@pytest.fixture
+def release(cluster_api: KubeApi, kube_nodes: NodePool | None, s3_server: S3Server, helm_bin: str):
+    """`helm install` into the test's namespace, with S3 credentials in a Secret; `helm uninstall` after."""
+    if kube_nodes is not None:
+        kube_nodes.expose(int(s3_server.endpoint.rsplit(":", 1)[1]))
+    kube = cluster_api
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET},
+              "stringData": {"accessKey": s3_server.access_key, "secretKey": s3_server.secret_key}}  # fmt: skip
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(secret))
+    helm = [helm_bin, "--kubeconfig", str(kube.kubeconfig), "--namespace", kube.namespace]
+    values = ["--set", f"storage.s3.endpoint={s3_server.endpoint}", "--set", f"storage.s3.credentialsSecret={SECRET}",
+              "--set", "extraEnv[0].name=FINETUNE_POLL_SECONDS", "--set-string", "extraEnv[0].value=1"]  # fmt: skip
+    installed = subprocess.run([*helm, "install", RELEASE, str(CHART), "--wait", "--timeout", "180s", *values],
+                               capture_output=True, text=True, timeout=240)  # fmt: skip
+    if installed.returncode != 0:
+        pods = kube.kubectl("get", "pods", "-o", "yaml", check=False).stdout[-6000:]
+        raise AssertionError(f"helm install failed: {installed.stderr}\n{pods}\n{node_logs(kube_nodes)}")
+    try:
+        yield kube
+    finally:
+        result = subprocess.run([*helm, "uninstall", RELEASE, "--wait", "--timeout", "120s"], capture_output=True,
+                                text=True, timeout=180)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+
+
+def node_logs(nodes: NodePool | None, chars: int = 3000) -> str:
+    """The tail of every container log the test nodes kept (what `kubectl logs` would show)."""
+    if nodes is None:
+        return ""
+    logs = sorted(nodes.work.rglob("logs/*/*/*.log"))
+    return "\n".join(f"--- {p.relative_to(nodes.work)}\n{p.read_text(errors='replace')[-chars:]}" for p in logs)
+
+
+def upload(s3: S3Server, local: Path, prefix: str) -> str:
+    client = s3.client()
+    for path in local.rglob("*") if local.is_dir() else [local]:
+        if path.is_file():
+            key = f"{prefix}/{path.relative_to(local)}" if local.is_dir() else prefix
+            client.upload_file(str(path), s3.bucket, key)
+    return s3.url(prefix)
+
+
+def s3_job(name: str, s3: S3Server, model: str, train: str, validation: str) -> dict[str, Any]:
+    s3_access = {"endpoint": s3.endpoint, "credentialsSecret": SECRET, "addressingStyle": "path"}
+    return {
+        "apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name},
+        "spec": {
+            "model": {"name": model},
+            "dataset": {"train": train, "validation": validation},
+            "hyperparameters": {"maxSteps": 30, "batchSize": 8, "learningRate": 3e-3, "evalSteps": 10,
+                                "warmupRatio": 0.0, "logEverySteps": 2, "maxSeqLength": 32},
+            "resources": {"nodes": 2, "processesPerNode": 1, "cpu": "1", "memory": "2Gi"},
+            "checkpoint": {"storage": s3.url("checkpoints"), "everySteps": 10, "s3": s3_access},
+        },
+    }  # fmt: skip

@@ -1,0 +1,99 @@
+"""Faults of the real parts, mid-job, with the operator in-cluster from its chart: a worker pod deleted (an
+eviction), etcd and the API server crashed and restarted, the operator's pod deleted. The job still ends
+Succeeded, resumes from a committed checkpoint exactly once (the deletion), and leaves no stray pods."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.conftest import get_json, node_logs, s3_job, upload
+from tests.fixtures.cluster import ControlPlane
+from tests.fixtures.kube import KubeApi, eventually
+from tests.fixtures.kubelet import NodePool
+from tests.fixtures.s3 import S3Server
+
+pytestmark = pytest.mark.slow
+OPERATOR = "app.kubernetes.io/name=finetune-operator,app.kubernetes.io/component=operator"
+
+
+def status(kube: KubeApi, name: str) -> dict[str, Any]:
+    return get_json(kube, "ftj", name).get("status") or {}
+
+
+def wait_status(kube: KubeApi, name: str, check: Any, timeout: float, what: str,
+                nodes: NodePool | None) -> dict[str, Any]:  # fmt: skip
+    try:
+        return eventually(lambda: (s := status(kube, name)) and check(s) and s, timeout=timeout, interval=1,
+                          what=what)  # fmt: skip
+    except AssertionError:
+        print(kube.kubectl("get", "pods,ftj,events", "-o", "wide", check=False).stdout[-8000:])
+        print(node_logs(nodes))
+        raise
+
+
+def step(s: dict[str, Any]) -> int:
+    return int((s.get("progress") or {}).get("step") or 0)
+
+
+def test_a_job_survives_an_eviction_control_plane_crashes_and_losing_its_operator_pod(
+    release: KubeApi, kube_plane: ControlPlane | None, kube_nodes: NodePool | None, s3_server: S3Server,
+    tiny_bert: Path, sentiment_csv: tuple[Path, Path],
+):  # fmt: skip
+    if kube_plane is None:
+        pytest.skip("kills the control plane this session started")
+    kube = release
+    train, val = sentiment_csv
+    job = s3_job("faults", s3_server, upload(s3_server, tiny_bert, "models/tiny"),
+                 upload(s3_server, train, "data/train.csv"), upload(s3_server, val, "data/val.csv"))  # fmt: skip
+    job["spec"]["hyperparameters"].update(maxSteps=240, evalSteps=80)
+    job["spec"]["checkpoint"]["everySteps"] = 20
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(job))
+    faults = []
+
+    # 1. A worker pod deleted after a checkpoint is committed: the group restarts from it.
+    before = wait_status(kube, "faults", lambda s: s.get("phase") == "Running" and step(s) >= 30, 300,
+                         "training past the first checkpoint", kube_nodes)  # fmt: skip
+    kube.kubectl("delete", "pod", "faults-a1-1", "--wait=false")
+    faults.append(("worker pod deleted", step(before)))
+    restarted = wait_status(kube, "faults", lambda s: s.get("attempt") == 2, 120, "attempt 2", kube_nodes)
+    assert restarted["restarts"] == 1, restarted
+    log = eventually(lambda: (text := kube.kubectl("logs", "faults-a2-0", check=False).stdout)
+                     and "resumed from checkpoint at step" in text and text, timeout=180, interval=1,
+                     what="attempt 2 resumed from a checkpoint")  # fmt: skip
+    resumed_at = int(log.split("resumed from checkpoint at step ")[1].split()[0])
+    # From a committed checkpoint, not from scratch: the first at step 20, or the one written on SIGTERM.
+    assert resumed_at >= 20, resumed_at
+
+    # 2. etcd and the API server crash together, and come back with etcd's data.
+    running = wait_status(kube, "faults", lambda s: s.get("phase") == "Running" and step(s) > resumed_at + 5, 240,
+                          "attempt 2 training", kube_nodes)  # fmt: skip
+    kube_plane.kill("kube-apiserver")
+    kube_plane.kill("etcd")
+    time.sleep(3)
+    kube_plane.restart("etcd")
+    kube_plane.restart("kube-apiserver")
+    faults.append(("etcd and kube-apiserver killed and restarted", step(running)))
+
+    # 3. The operator's pod deleted: its Deployment makes another, which takes the job over.
+    old = [p["metadata"]["name"] for p in get_json(kube, "pods", "-l", OPERATOR)["items"]]
+    assert status(kube, "faults").get("phase") in ("Running", "Restarting")
+    kube.kubectl("delete", "pod", *old, "--wait=false")
+    faults.append(("operator pod deleted", step(status(kube, "faults"))))
+
+    final = wait_status(kube, "faults", lambda s: s.get("phase") in ("Succeeded", "Failed"), 900, "the job finished",
+                        kube_nodes)  # fmt: skip
+    assert final["phase"] == "Succeeded", final
+    assert final["restarts"] == 1 and final["attempt"] == 2, final  # only the eviction cost a restart
+    assert [name for name, _ in faults] == ["worker pod deleted", "etcd and kube-apiserver killed and restarted",
+                                            "operator pod deleted"]  # fmt: skip
+    assert all(at < 240 for _, at in faults), faults  # each fault landed mid-training
+    operators = get_json(kube, "pods", "-l", OPERATOR)["items"]
+    assert len(operators) == 1 and operators[0]["metadata"]["name"] not in old
+    pods = sorted(p["metadata"]["name"] for p in get_json(kube, "pods", "-l", "finetune.dev/job=faults")["items"])
+    assert all(not name.startswith("faults-a1-") for name in pods), pods  # attempt 1 is gone, nothing doubled
+    assert len([n for n in pods if n.startswith("faults-a2-")]) <= 2, pods
