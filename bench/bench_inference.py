@@ -5,14 +5,17 @@ The head is a linear probe: the encoder stays as pretrained, the head is fitted 
 ``--train`` training rows (a full fine-tune takes too long on a CPU for a benchmark), so int8-vs-fp32
 accuracy is measured on a model that really classifies. Then:
 
-1. ``python -m finetune_trainer export --optimize --int8 --eval-file <Yahoo test rows>``: accuracy of
-   PyTorch, ORT fp32 (fused graph) and ORT int8 on the same rows, from the export report.
-2. Latency p50/p99 and throughput of PyTorch eager, ORT fp32 and ORT int8 at batch 1 and 32, sequence
-   length 128 (inputs padded to 128).
+1. ``python -m finetune_trainer export --int8 --eval-file <Yahoo test rows>``, the arguments a job's export
+   step takes with ``serving.quantize`` (the default export serves the fused graph when it passes parity):
+   accuracy of PyTorch, ORT fp32 and ORT int8 on the same rows, from the export report; and the same export
+   with ``--no-optimize`` (the unfused graph) for comparison.
+2. Latency p50/p99 and throughput of PyTorch eager, ORT fp32 unfused, ORT fp32 as exported and ORT int8 at
+   batch 1 and 32, sequence length 128 (inputs padded to 128).
 3. Triton (the bundled tritonserver, Python backend running the same model.onnx through onnxruntime):
    publish the export, then text-in (ensemble) batch-1 latency over HTTP and gRPC against in-process
    tokenizer + onnxruntime on the same texts, and dynamic batching: throughput of ``--clients`` concurrent
-   batch-1 clients vs one client, with the average batch size Triton executed.
+   batch-1 clients vs one client, with the average batch size Triton executed. The model file the repository
+   serves is checked to be the one timed (same sha256) and timed itself in-process.
 
     python bench/bench_inference.py
 
@@ -131,10 +134,9 @@ def engines(model_dir: Path, export_dir: Path, texts: list[str], runs: int) -> d
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()  # default (SDPA) attention
-    sessions = {
-        name: session(export_dir / f)
-        for name, f in (("onnxruntime_fp32", "model.onnx"), ("onnxruntime_int8", "model.int8.onnx"))
-    }
+    files = (("onnxruntime_fp32_unfused", export_dir.with_name("export-unfused") / "model.onnx"),
+             ("onnxruntime_fp32", export_dir / "model.onnx"), ("onnxruntime_int8", export_dir / "model.int8.onnx"))
+    sessions = {name: session(f) for name, f in files if f.exists()}
     out: dict = {}
     for batch in (1, 32):
         enc = tokenizer(texts[:batch], padding="max_length", truncation=True, max_length=SEQ, return_tensors="np")
@@ -156,6 +158,29 @@ def engines(model_dir: Path, export_dir: Path, texts: list[str], runs: int) -> d
     return out
 
 
+def published_model(repo: Path, export_dir: Path, texts: list[str], runs: int) -> dict:
+    """The classifier file the repository serves: the same bytes as the export's model.onnx, timed itself."""
+    import hashlib
+
+    from transformers import AutoTokenizer
+
+    def sha(p: Path) -> str:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    served = sorted(p for p in repo.rglob("*.onnx") if "tokenizer" not in str(p))
+    exported = sha(export_dir / "model.onnx")
+    same = [p for p in served if sha(p) == exported]
+    assert same, f"no served file has the export's model.onnx bytes: {served}"
+    tokenizer = AutoTokenizer.from_pretrained(export_dir)
+    enc = tokenizer(texts[:1], padding="max_length", truncation=True, max_length=SEQ, return_tensors="np")
+    feed = {k: v.astype(np.int64) for k, v in enc.items()}
+    s = session(same[0])
+    r = timed({"published": lambda _: s.run(["logits"], feed)}, 5, runs)["published"]
+    fused = {n.op_type for n in __import__("onnx").load(str(same[0])).graph.node} & {"Attention", "MultiHeadAttention"}
+    return {"file": str(same[0].relative_to(repo)), "sha256": exported, "fused_attention": bool(fused),
+            "batch1_p50_ms": r["p50_ms"], "batch1_p99_ms": r["p99_ms"]}
+
+
 def triton_bench(export_dir: Path, texts: list[str], runs: int, clients: int, per_client: int) -> dict:
     """Publish into a fresh repository served by tritonserver; text-in latency and dynamic batching."""
     import tritonclient.grpc as grpcclient
@@ -174,6 +199,7 @@ def triton_bench(export_dir: Path, texts: list[str], runs: int, clients: int, pe
         t = time.perf_counter()
         publish(export_dir, (work / "repo").as_uri(), "yahoo", triton_url=f"http://{server.http_url}", backend="python")
         out["publish_seconds"] = time.perf_counter() - t
+        out["published_model"] = published_model(work / "repo", export_dir, texts, runs)
 
         tokenizer = AutoTokenizer.from_pretrained(export_dir)
         fp32 = session(export_dir / "model.onnx")
@@ -287,11 +313,14 @@ def markdown(r: dict) -> str:
     b1, b32 = e["batch1"], e["batch32"]
     eager1 = b1["pytorch_eager"]["p50_ms"]
     rows = []
-    for name in ("pytorch_eager", "onnxruntime_fp32", "onnxruntime_int8"):
+    accuracy = {"pytorch_eager": "pytorch", "onnxruntime_fp32": "fp32", "onnxruntime_int8": "int8"}
+    for name in ("pytorch_eager", "onnxruntime_fp32_unfused", "onnxruntime_fp32", "onnxruntime_int8"):
+        if name not in b1:
+            continue
+        shown = f"{acc[accuracy[name]]:.4f}" if name in accuracy else "-"
         rows.append(
             f"| {name} | {b1[name]['p50_ms']:.1f} / {b1[name]['p99_ms']:.1f} | {b1[name]['p50_ms'] / eager1:.2f}x | "
-            f"{b32[name]['p50_ms']:.0f} / {b32[name]['p99_ms']:.0f} | {b32[name]['samples_per_s']:.0f} | "
-            f"{acc[{'pytorch_eager': 'pytorch', 'onnxruntime_fp32': 'fp32', 'onnxruntime_int8': 'int8'}[name]]:.4f} |"
+            f"{b32[name]['p50_ms']:.0f} / {b32[name]['p99_ms']:.0f} | {b32[name]['samples_per_s']:.0f} | {shown} |"
         )
     db = tri["dynamic_batching"]
     many = next(k for k in db if k.startswith("clients_") and k != "clients_1")
@@ -312,9 +341,16 @@ def markdown(r: dict) -> str:
             f"rows (encoder as pretrained); accuracy on {acc['examples']} Yahoo test rows. Latency: sequence length "
             f"{SEQ} (padded), p50 / p99 over {r['runs']} runs at batch 1 and {max(5, r['runs'] // 10)} at batch 32, "
             "default threads and onnxruntime options, engines timed in turns of 10-call blocks 0.3 s apart. "
-            "ORT fp32 is the optimizer's fused graph (eager-attention export); int8 is dynamic "
-            "quantization of it. Triton is tritonserver 2.51 (nvidia-pytriton) with the Python backend running the "
-            "same model.onnx through onnxruntime (its onnxruntime backend is not installable here).",
+            "ORT fp32 is what a job's export step writes and publishes: the optimizer's fused graph "
+            "(eager-attention export), which passed the parity check; fp32_unfused is the same export with "
+            "`--no-optimize`; int8 is dynamic quantization of the fused graph. Triton is tritonserver 2.51 "
+            "(nvidia-pytriton) with the Python backend running the same model.onnx through onnxruntime (its "
+            "onnxruntime backend is not installable here).",
+            "",
+            f"The published classifier (`{tri['published_model']['file']}` in the repository) has the same sha256 "
+            f"as the export's model.onnx (fused attention: {tri['published_model']['fused_attention']}); timed "
+            f"itself, batch 1 p50 / p99 {tri['published_model']['batch1_p50_ms']:.1f} / "
+            f"{tri['published_model']['batch1_p99_ms']:.1f} ms.",
             "",
             "| Engine | batch 1 p50 / p99 ms | vs eager | batch 32 p50 / p99 ms | batch 32 samples/s | accuracy |",
             "|---|---|---|---|---|---|",
@@ -392,10 +428,12 @@ def main(argv: list[str] | None = None) -> int:
         from finetune_trainer.export import main as export_main
 
         t = time.perf_counter()
-        argv_export = ["--model", str(model_dir), "--out", str(work / "export"), "--optimize", "--int8"]
+        argv_export = ["--model", str(model_dir), "--out", str(work / "export"), "--int8"]
         argv_export += ["--eval-file", str(work / "test.csv"), "--max-sequence-length", str(SEQ)]
         assert export_main(argv_export) == 0
         result["export_seconds"] = time.perf_counter() - t
+        unfused = ["--model", str(model_dir), "--out", str(work / "export-unfused"), "--no-optimize"]
+        assert export_main([*unfused, "--max-sequence-length", str(SEQ), "--no-tensorrt"]) == 0
         report = json.loads((work / "export" / "export_report.json").read_text())
         ev = report["evaluation"]
         result["export_report"] = {k: report[k] for k in ("parity", "optimization", "files", "tensorrt")}

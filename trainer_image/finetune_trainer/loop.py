@@ -211,6 +211,7 @@ class Trainer:
             sink=sink, stage=contract.STAGE_FINETUNING if cfg.pretraining else None,
         )
         self.pretraining: dict[str, Any] | None = None  # spec.pretraining's summary, for metrics.json
+        self.timings: dict[str, float] = {}  # where this process's time went, for metrics.json
         self.profiler = profiling.create(cfg.profiling, info.rank, info.world_size, self.out / "profile",
                                          self.ckpt.storage if self.ckpt is not None else None)
         for line in run_stats.describe(self.run_stats):
@@ -356,6 +357,7 @@ class Trainer:
         """The training loop from the current state to the final save; the final metrics."""
         hp, st, info = self.hp, self.state, self.info
         module = self.ddp or self.model
+        self.timings["run_started"] = time.perf_counter()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         window_loss, window_n, window_samples, window_tokens = 0.0, 0, 0, 0
         window_start = time.perf_counter()
@@ -505,7 +507,9 @@ class Trainer:
         return full, total / max(count, 1)
 
     def evaluate(self, data: D.Encoded) -> dict[str, Any]:
+        start = time.perf_counter()
         logits, loss = self.predict(data)
+        self.timings["evaluation_seconds"] = self.timings.get("evaluation_seconds", 0.0) + time.perf_counter() - start
         labels = data.labels
         result = evaluate.compute(self.task, logits, labels, self.p.label_names, self.cfg.task.multi_label_threshold)
         result["loss"] = loss
@@ -579,6 +583,7 @@ class Trainer:
             "batch_resizes": st.batch_resizes,
             "run_stats": self.run_stats,
             "peak_memory": _peak_memory(),
+            "timings": self._timings(),
             **({"pretraining": self.pretraining} if self.pretraining else {}),
         }
         if self.info.is_main:
@@ -586,6 +591,13 @@ class Trainer:
         self.progress.write(st.step, st.epoch, evaluate.scalars(validation), "completed")
         dist.barrier(self.info)  # leave together: no rank tears the group down while another still saves
         return summary
+
+    def _timings(self) -> dict[str, float]:
+        """Seconds of data preparation (load + tokenize), model set-up, training steps and evaluation."""
+        t = dict(self.timings)
+        if "run_started" in t:
+            t["training_seconds"] = time.perf_counter() - t.pop("run_started") - t.get("evaluation_seconds", 0.0)
+        return {k: round(v, 3) for k, v in t.items()}
 
     def _save(self, summary: dict[str, Any]) -> None:
         from finetune_trainer.lora import merged
@@ -655,11 +667,15 @@ def fit(cfg: TrainerConfig) -> dict[str, Any]:
     try:
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
         prepared = prepare_data(cfg, out / ".cache")
+        data_seconds = time.perf_counter() - start
         from finetune_trainer import pretrain
 
         cfg, stage = pretrain.run_stage(cfg, info, prepared.tokenizer)  # the classifier starts from its encoder
+        start = time.perf_counter()
         trainer = Trainer(cfg, info, prepared)
+        trainer.timings.update(data_seconds=data_seconds, model_setup_seconds=time.perf_counter() - start)
         trainer.pretraining = stage
         try:
             trainer.resume()
