@@ -88,7 +88,7 @@ def main() -> None:
     inside = t["data_seconds"] + t["model_setup_seconds"] + t["training_seconds"] + t["evaluation_seconds"]
     phases = {
         "cli start-up (imports, spec, preflight)": config_at - start,
-        "trainer start-up (torchrun, imports)": trainer_process - inside,
+        "trainer start-up (torchrun, imports) and final save": trainer_process - inside,
         "data: load and tokenize": t["data_seconds"],
         "model set-up": t["model_setup_seconds"],
         "training steps": t["training_seconds"],
