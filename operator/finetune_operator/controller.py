@@ -156,6 +156,11 @@ class Controller:
                 continue
             await self.kube.delete(meta.namespace, plural, name)
             memory.deleted[f"{plural}/{name}"] = clock
+        for name in decision.force_delete:
+            if clock - memory.deleted.get(f"pods/{name}!", -1e9) < RECREATE_AFTER:
+                continue
+            await self.kube.delete(meta.namespace, "pods", name, grace_seconds=0)
+            memory.deleted[f"pods/{name}!"] = clock
         for obj in decision.create:
             ref = f"{obj['kind']}/{obj['metadata']['name']}"
             if clock - memory.created.get(ref, -1e9) < RECREATE_AFTER:

@@ -21,6 +21,8 @@ class Decision:
     status: dict[str, Any]
     create: list[dict[str, Any]] = field(default_factory=list)
     delete: list[tuple[str, str]] = field(default_factory=list)  # (plural, name), e.g. ("pods", "x-a1-0")
+    # Pods whose graceful deletion no kubelet finished (their node is gone): removed with grace 0.
+    force_delete: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     requeue: float | None = None
     restarted: bool = False

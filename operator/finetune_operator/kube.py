@@ -122,11 +122,13 @@ class Kube:
                                ok=(409,))  # fmt: skip
         return done is not None
 
-    async def delete(self, namespace: str, plural: str, name: str) -> bool:
-        """Delete one object (pods get their grace period); False when already gone."""
+    async def delete(self, namespace: str, plural: str, name: str, grace_seconds: int | None = None) -> bool:
+        """Delete one object (pods get their grace period unless ``grace_seconds``); False when already gone."""
         delete = {"pods": "delete_namespaced_pod", "services": "delete_namespaced_service",
                   "configmaps": "delete_namespaced_config_map"}[plural]  # fmt: skip
-        done = await self.call(lambda c: _drained(getattr(client.CoreV1Api(c), delete)(name, namespace, **RAW)),
+        grace = {} if grace_seconds is None else {"grace_period_seconds": grace_seconds}
+        done = await self.call(lambda c: _drained(getattr(client.CoreV1Api(c), delete)(name, namespace, **grace,
+                                                                                          **RAW)),
                                ok=(404,))  # fmt: skip
         return done is not None
 

@@ -41,6 +41,8 @@ from finetune_trainer import contract
 from finetune_trainer.config import ConfigError
 
 TRAINING = (PENDING, RUNNING, RESTARTING)
+# A pod still terminating this long after its grace period ended is on a node that no longer answers.
+FORCE_DELETE_AFTER = timedelta(seconds=60)
 TERMINAL = (SUCCEEDED, FAILED)
 
 
@@ -75,6 +77,14 @@ class _Machine:
         for p in pods:
             if not p.deleting:
                 self.d.delete.append(("pods", p.name))
+            elif (ends := parse_time(p.deletion_time)) is not None and self.now > ends + FORCE_DELETE_AFTER:
+                # Past its grace period and still there: no kubelet is left to confirm it (a lost node).
+                # Removing it lets the next attempt start; its processes, if any still run, cannot commit
+                # over the new attempt's checkpoints (each attempt commits its own, verified by manifest).
+                self.d.force_delete.append(p.name)
+                self.d.events.append(Event("Warning", "ForceDeleted", f"pod {p.name} was still terminating "
+                                           f"{FORCE_DELETE_AFTER.seconds}s after its grace period (its node "
+                                           "does not answer): deleted with grace 0"))  # fmt: skip
 
     def pods(self, component: str) -> list[PodView]:
         return [p for p in self.observed.pods if p.component == component]

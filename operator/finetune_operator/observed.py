@@ -28,6 +28,7 @@ class PodView:
     export: int = 0
     phase: str = "Pending"
     deleting: bool = False
+    deletion_time: str = ""  # metadata.deletionTimestamp: when the grace period ends
     exit_code: int | None = None
     reason: str = ""
     message: str = ""
@@ -70,6 +71,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         export=_int(lbl.get(names.EXPORT_LABEL)),
         phase=status.get("phase") or "Pending",
         deleting=bool(meta.get("deletionTimestamp")),
+        deletion_time=meta.get("deletionTimestamp") or "",
         exit_code=exit_code,
         reason=reason,
         message=message,

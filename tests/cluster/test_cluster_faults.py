@@ -97,3 +97,46 @@ def test_a_job_survives_an_eviction_control_plane_crashes_and_losing_its_operato
     pods = sorted(p["metadata"]["name"] for p in get_json(kube, "pods", "-l", "finetune.dev/job=faults")["items"])
     assert all(not name.startswith("faults-a1-") for name in pods), pods  # attempt 1 is gone, nothing doubled
     assert len([n for n in pods if n.startswith("faults-a2-")]) <= 2, pods
+
+
+def test_a_job_survives_losing_a_node_mid_training(
+    release: KubeApi, kube_plane: ControlPlane | None, kube_nodes: NodePool | None, s3_server: S3Server,
+    tiny_bert: Path, sentiment_csv: tuple[Path, Path],
+):  # fmt: skip
+    """A node stops (its Lease goes stale, its processes die): the node lifecycle controller marks it NotReady and
+    evicts its pods, the group restarts on the nodes left from the latest checkpoint, and deleting the lost Node
+    lets the pod GC remove the pods that could never finish terminating."""
+    if kube_plane is None or kube_nodes is None:
+        pytest.skip("loses a node of this session's cluster")
+    kube = release
+    spare = kube_nodes.add("node-c")
+    kube.kubectl("cordon", "node-b")  # the workers go to node-a and node-c
+    try:
+        train, val = sentiment_csv
+        job = s3_job("lost", s3_server, upload(s3_server, tiny_bert, "models/tiny"),
+                     upload(s3_server, train, "data/train.csv"), upload(s3_server, val, "data/val.csv"))  # fmt: skip
+        job["spec"]["hyperparameters"].update(maxSteps=200, evalSteps=100)
+        job["spec"]["checkpoint"]["everySteps"] = 20
+        kube.kubectl("apply", "-f", "-", stdin=json.dumps(job))
+        before = wait_status(kube, "lost", lambda s: s.get("phase") == "Running" and step(s) >= 30, 300,
+                             "training past the first checkpoint", kube_nodes)  # fmt: skip
+        placed = {p["spec"].get("nodeName") for p in get_json(kube, "pods", "-l", "finetune.dev/job=lost")["items"]}
+        assert "node-c" in placed, placed
+        kube.kubectl("uncordon", "node-b")
+        spare.lose()
+
+        final = wait_status(kube, "lost", lambda s: s.get("phase") in ("Succeeded", "Failed"), 900,
+                            "the job finished after the node was lost", kube_nodes)  # fmt: skip
+        assert final["phase"] == "Succeeded", final
+        assert 1 <= final["restarts"] <= 2, final
+        assert step(final) >= step(before)
+        node = get_json(kube, "node", "node-c")
+        ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+        assert ready["status"] == "Unknown", ready  # what the node lifecycle controller says of a silent node
+    finally:
+        kube.kubectl("uncordon", "node-b", check=False)
+    # The lost node's pods stay Terminating (no kubelet confirms them) until the Node object is deleted.
+    kube.kubectl("delete", "node", "node-c")
+    eventually(lambda: all(p["spec"].get("nodeName") != "node-c"
+                           for p in get_json(kube, "pods", "-l", "finetune.dev/job=lost")["items"]),
+               timeout=180, interval=2, what="the pod GC removed the lost node's pods")  # fmt: skip

@@ -165,6 +165,21 @@ def test_a_failed_worker_restarts_the_whole_group_after_backoff_from_the_checkpo
     assert d5.status["phase"] == "Running" and d5.status["restarts"] == 1
 
 
+def test_a_pod_stuck_terminating_past_its_grace_period_is_force_deleted_so_the_group_can_restart() -> None:
+    """A lost node: its pod was deleted (by the taint eviction) but no kubelet ever confirms it."""
+    status = running()
+    d = step(status, [worker(0, phase="Failed", exit_code=1), worker(1)], at=10)
+    ends = "2026-01-01T12:00:30Z"  # deletionTimestamp: the grace period ends at T0+30s
+    stuck = worker(1, deleting=True, deletion_time=ends)
+    within = step(d.status, [worker(0, phase="Failed", exit_code=1), stuck], at=60)
+    assert within.force_delete == [] and not within.create  # 30 s past its grace period: still waiting
+    overdue = step(d.status, [worker(0, phase="Failed", exit_code=1), stuck], at=95)
+    assert overdue.force_delete == ["sentiment-a1-1"] and not overdue.create
+    assert any(e.reason == "ForceDeleted" and e.type == "Warning" for e in overdue.events)
+    gone = step(overdue.status, [worker(0, phase="Failed", exit_code=1)], at=96)
+    assert "Pod/sentiment-a2-0" in created(gone)
+
+
 def test_backoff_doubles_and_is_capped() -> None:
     assert [SETTINGS.backoff(n) for n in range(7)] == [10, 20, 40, 80, 160, 300, 300]
 
