@@ -149,6 +149,13 @@ def upload(s3: S3Server, local: Path, prefix: str) -> str:
     return s3.url(prefix)
 
 
+def uploaded_job(name: str, s3: S3Server, model: Path, csv: tuple[Path, Path]) -> dict[str, Any]:
+    """``s3_job`` with the test's model folder and train/validation CSVs uploaded to the bucket first."""
+    train, val = csv
+    return s3_job(name, s3, upload(s3, model, "models/tiny"), upload(s3, train, "data/train.csv"),
+                  upload(s3, val, "data/val.csv"))  # fmt: skip
+
+
 def s3_job(name: str, s3: S3Server, model: str, train: str, validation: str) -> dict[str, Any]:
     s3_access = {"endpoint": s3.endpoint, "credentialsSecret": SECRET, "addressingStyle": "path"}
     return {

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import get_json, node_logs, s3_job, upload
+from tests.cluster.conftest import get_json, node_logs, uploaded_job
 from tests.fixtures.cluster import ControlPlane
 from tests.fixtures.kube import KubeApi, eventually
 from tests.fixtures.kubelet import NodePool
@@ -47,9 +47,7 @@ def test_a_job_survives_an_eviction_control_plane_crashes_and_losing_its_operato
     if kube_plane is None:
         pytest.skip("kills the control plane this session started")
     kube = release
-    train, val = sentiment_csv
-    job = s3_job("faults", s3_server, upload(s3_server, tiny_bert, "models/tiny"),
-                 upload(s3_server, train, "data/train.csv"), upload(s3_server, val, "data/val.csv"))  # fmt: skip
+    job = uploaded_job("faults", s3_server, tiny_bert, sentiment_csv)
     job["spec"]["hyperparameters"].update(maxSteps=240, evalSteps=80)
     job["spec"]["checkpoint"]["everySteps"] = 20
     kube.kubectl("apply", "-f", "-", stdin=json.dumps(job))
@@ -112,9 +110,7 @@ def test_a_job_survives_losing_a_node_mid_training(
     spare = kube_nodes.add("node-c")
     kube.kubectl("cordon", "node-b")  # the workers go to node-a and node-c
     try:
-        train, val = sentiment_csv
-        job = s3_job("lost", s3_server, upload(s3_server, tiny_bert, "models/tiny"),
-                     upload(s3_server, train, "data/train.csv"), upload(s3_server, val, "data/val.csv"))  # fmt: skip
+        job = uploaded_job("lost", s3_server, tiny_bert, sentiment_csv)
         job["spec"]["hyperparameters"].update(maxSteps=200, evalSteps=100)
         job["spec"]["checkpoint"]["everySteps"] = 20
         kube.kubectl("apply", "-f", "-", stdin=json.dumps(job))

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import RELEASE, get_json, node_logs, s3_job, upload
+from tests.cluster.conftest import RELEASE, get_json, node_logs, s3_job, uploaded_job
 from tests.cluster.test_finetunejob_api import columns
 from tests.fixtures.kube import KubeApi, eventually
 from tests.fixtures.kubelet import NodePool
@@ -35,9 +35,7 @@ def test_helm_installed_operator_runs_a_two_node_job_to_succeeded(
     assert "checkpoint.storage" in refused.stderr, refused.stderr
     assert kube.kubectl("get", "ftj", "unstored", check=False).returncode != 0
 
-    train, val = sentiment_csv
-    job = s3_job("twonode", s3_server, upload(s3_server, tiny_bert, "models/tiny"),
-                 upload(s3_server, train, "data/train.csv"), upload(s3_server, val, "data/val.csv"))  # fmt: skip
+    job = uploaded_job("twonode", s3_server, tiny_bert, sentiment_csv)
     kube.kubectl("apply", "-f", "-", stdin=json.dumps(job))
 
     def finished() -> dict[str, Any] | None:
