@@ -72,6 +72,8 @@ echo "tritonserver: $("$PYTHON" -c 'import importlib.util as u; print(u.find_spe
 # --- the Go module proxy. The first build is the longest step of a fresh setup (docs/e2e.md); later ones take
 # --- seconds (Go's caches are under .cache/go).
 # --- Opt-in (FINETUNE_TEST_CLUSTER=1) until the e2e suite runs on it: the cold build does not fit CI's time yet.
+# --- Kueue (tests/fixtures/kueue.py) is built beside it, from its own Go module (sigs.k8s.io/kueue v0.17.0).
 if [ "${FINETUNE_TEST_CLUSTER:-0}" = 1 ]; then
     echo "kubecluster: $(bash "$ROOT/scripts/build-cluster.sh")"
+    echo "kueue: $(bash "$ROOT/scripts/build-kueue.sh")"
 fi
