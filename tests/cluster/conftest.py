@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from finetune_operator import api
 from tests.e2e.conftest import Operator
@@ -82,22 +81,6 @@ def status(kube: KubeApi, name: str) -> dict:
 def warnings(kube: KubeApi, name: str) -> list[str]:
     events = get_json(kube, "events", "--field-selector", f"involvedObject.name={name},type=Warning")
     return [e["reason"] for e in events["items"]]
-
-
-def service_account_kubeconfig(kube: KubeApi, account: str, path: Path) -> Path:
-    """A kubeconfig that authenticates as ``account`` of the test's namespace with a TokenRequest token (what the
-    kubelet projects into a pod), written to ``path``."""
-    token = kube.kubectl("create", "token", account, "--duration=1h").stdout.strip()
-    # The admin kubeconfig's current context may hold a client certificate, which would win over the token.
-    admin = yaml.safe_load(kube.kubeconfig.read_text())
-    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
-    cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])["cluster"]
-    config = {"apiVersion": "v1", "kind": "Config", "current-context": "sa",
-              "clusters": [{"name": "c", "cluster": cluster}], "users": [{"name": "sa", "user": {"token": token}}],
-              "contexts": [{"name": "sa",
-                            "context": {"cluster": "c", "user": "sa", "namespace": kube.namespace}}]}  # fmt: skip
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 # --- the chart installed with helm, and jobs whose model, data and checkpoints are in S3

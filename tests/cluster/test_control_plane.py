@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.conftest import ROOT, get_json, service_account_kubeconfig
-from tests.fixtures.kube import KubeApi, eventually
+from tests.cluster.conftest import ROOT, get_json
+from tests.fixtures.kube import KubeApi, eventually, service_account_kubeconfig
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from finetune_operator import rbac
-from tests.cluster.conftest import get_json, job, service_account_kubeconfig, status
+from tests.cluster.conftest import get_json, job, status
 from tests.e2e.conftest import Operator
-from tests.fixtures.kube import KubeApi, eventually
+from tests.fixtures.kube import KubeApi, eventually, service_account_kubeconfig
 from tests.fixtures.processes import free_port
 
 pytestmark = pytest.mark.slow
