@@ -46,6 +46,21 @@ DEFAULT_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
 QUANTITY = {"pattern": kube_rules.QUANTITY_PATTERN}  # in the CRD; kube_rules.quantity words the error
 
 
+class Rendezvous(Section):
+    """How long the worker pods wait for each other (torchrun's c10d rendezvous, hosted by node 0)."""
+
+    join_timeout_seconds: int = Field(
+        900,
+        ge=10,
+        le=86400,
+        description="How long a worker waits for node 0's rendezvous store to come up, and then for every worker "
+        "to join: a slow image pull on one node within it does not fail the group.",
+    )
+    read_timeout_seconds: int = Field(
+        300, ge=10, le=3600, description="How long one operation on the rendezvous store may take."
+    )
+
+
 class Resources(Section):
     """How many workers and what each gets. World size = nodes x processesPerNode."""
 
@@ -64,6 +79,7 @@ class Resources(Section):
     shm_size: str | None = Field(
         "1Gi", json_schema_extra=QUANTITY, description="/dev/shm size (NCCL, loaders)."
     )
+    rendezvous: Rendezvous = Rendezvous()
 
     _quantities = field_validator("cpu", "memory", "shm_size")(kube_rules.quantity)
 

@@ -40,6 +40,11 @@ ENV_TERMINATION_LOG = "FINETUNE_TERMINATION_LOG"  # where the termination messag
 ENV_JOB = "FINETUNE_JOB"
 ENV_ATTEMPT = "FINETUNE_ATTEMPT"
 ENV_NODE_INDEX = "FINETUNE_NODE_INDEX"
+# An Indexed Job's pod index (also its label batch.kubernetes.io/job-completion-index); read before ENV_NODE_INDEX.
+ENV_JOB_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
+# The pod's own IP (downward API status.podIP): the address the launcher gives torchrun as --local-addr, so the
+# workers' MASTER_ADDR needs no DNS.
+ENV_POD_IP = "FINETUNE_POD_IP"
 ENV_S3_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
 ENV_S3_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
 ENV_S3_ENDPOINT = "AWS_ENDPOINT_URL"
