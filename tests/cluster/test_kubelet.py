@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import textwrap
 import time
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -205,3 +206,66 @@ def test_deleting_a_pod_sends_sigterm_and_waits_for_the_grace_period(kube: KubeA
     took = time.monotonic() - started
     assert 1 <= took < 15, took  # the handler's second, not the 20 s grace period
     assert kube.kubectl("get", "pod", "graceful", check=False).returncode != 0
+
+
+def events(kube: KubeApi, pod: str) -> list[str]:
+    items = get_json(kube, "events", "--field-selector", f"involvedObject.name={pod}")["items"]
+    return [e["reason"] for e in sorted(items, key=lambda e: e.get("firstTimestamp") or "")]
+
+
+def timestamp(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_a_slow_image_pull_keeps_the_containers_creating_while_the_pod_has_its_ip(kube: KubeApi,
+                                                                                  kube_nodes: NodePool):  # fmt: skip
+    labels = {"pull": "slow"}
+    with kube_nodes.delays.pull(labels, 8):
+        apply(kube, python_pod("slow-pull", "print('started')", labels=labels), python_pod("prompt", ""))
+        pulling = eventually(lambda: get_json(kube, "pod", "slow-pull").get("status", {}).get("podIP"), timeout=60,
+                             interval=0.3, what="slow-pull has its IP")  # fmt: skip
+        assert pulling.startswith("10.244.")
+        assert waiting_reason(kube, "slow-pull") == "ContainerCreating"
+        assert "Pulling" in eventually(lambda: events(kube, "slow-pull"), timeout=10, what="a Pulling event")
+        prompt = phase(kube, "prompt", "Succeeded")  # a pod the rule does not select starts at once
+        assert get_json(kube, "pod", "slow-pull")["status"]["phase"] == "Pending"
+        got = phase(kube, "slow-pull", "Succeeded", "Failed", timeout=90)
+    assert got["status"]["phase"] == "Succeeded", got["status"]
+    waited = timestamp(terminated(got)["startedAt"]) - timestamp(got["status"]["startTime"])
+    assert waited.total_seconds() >= 8, waited
+    assert timestamp(terminated(prompt)["startedAt"]) < timestamp(terminated(got)["startedAt"])
+    reasons = events(kube, "slow-pull")
+    assert reasons.index("Pulling") < reasons.index("Pulled") < reasons.index("Started"), reasons
+
+
+def test_a_late_dns_record_names_the_pod_only_after_the_delay(kube: KubeApi, kube_nodes: NodePool):
+    labels = {"dns": "late"}
+    client = """
+        import json, socket, time
+        start, misses = time.monotonic(), 0
+        while True:
+            try:
+                ip = socket.gethostbyname("late-0.late-peers")
+                break
+            except OSError:
+                misses += 1
+                time.sleep(0.2)
+        facts = {"ip": ip, "misses": misses, "waited": time.monotonic() - start}
+        open("/dev/termination-log", "w").write(json.dumps(facts))
+    """
+    with kube_nodes.delays.dns(labels, 12):
+        apply(kube,
+              {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "late-peers"},
+               "spec": {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": labels,
+                        "ports": [{"port": 8080}]}},
+              python_pod("late-0", "import time; time.sleep(300)", labels=labels, hostname="late-0",
+                         subdomain="late-peers"))  # fmt: skip
+        server_ip = eventually(lambda: get_json(kube, "pod", "late-0").get("status", {}).get("podIP"), timeout=60,
+                               interval=0.2, what="late-0 has its IP")  # fmt: skip
+        has_ip = time.monotonic()
+        apply(kube, python_pod("client", client))
+        got = phase(kube, "client", "Succeeded", "Failed", timeout=90)
+        resolved = time.monotonic()
+    facts = json.loads(terminated(got)["message"])
+    assert facts["ip"] == server_ip and facts["misses"] > 0, facts
+    assert resolved - has_ip >= 10, (resolved - has_ip, facts)  # the 12 s, less the view's one-second polls

@@ -10,8 +10,10 @@ twice the read timeout, long before the late host or the late name arrives here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -89,20 +91,21 @@ def start(pod: Pod, argv: list[str], log: Path) -> subprocess.Popen:
     }
     cmd = ["unshare", "--mount", "--uts", "sh", "-c", POD, "sh", str(pod.hosts), pod.hostname, *argv]
     with open(log, "wb") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def finish(procs: dict[int, subprocess.Popen], logs: dict[int, Path], timeout: float) -> dict[int, str]:
-    """Wait for every agent; kill what is left when one hangs. Returns each node's output."""
+    """Wait for every agent; kill what is left (the agent and its workers) when one hangs. Returns each node's
+    output."""
     deadline = time.monotonic() + timeout
     try:
         for proc in procs.values():
             proc.wait(timeout=max(deadline - time.monotonic(), 1))
     finally:
         for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the workers too
+            proc.wait()
     return {i: logs[i].read_text(errors="replace") for i in procs}
 
 
