@@ -195,3 +195,12 @@ def test_host_never_up_fails_after_the_join_timeout(tmp_path: Path) -> None:
     assert 3 <= time.monotonic() - started < 30
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: rendezvous host 127.0.0.1:") and "not reachable after 3 s" in last, done.stderr
+
+
+@pytest.mark.slow
+def test_one_node_group_rendezvouses_inside_its_pod() -> None:
+    """A one-pod group (the operator's endpoint localhost:0): node 0 hosts on a free port, two local processes."""
+    args = ["--nnodes=1", "--rdzv-endpoint=localhost:0", "--rdzv-id=one", "--", "--nproc-per-node=2", str(WORKER)]
+    done = run_launcher(args, {"JOB_COMPLETION_INDEX": "0", "OMP_NUM_THREADS": "1"}, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("sum 3 OK") == 2, done.stdout
