@@ -135,6 +135,10 @@ class PodTemplate(Section):
     tolerations: list[Toleration] = Field(default_factory=list)
     affinity: dict[str, Any] | None = Field(None, description="A core/v1 Affinity, passed through.")
     priority_class_name: str | None = None
+    scheduler_name: str | None = Field(
+        None, description="The scheduler of every pod (for example a gang scheduler's: scheduler-plugins or volcano)."
+    )
+    runtime_class_name: str | None = Field(None, description="A RuntimeClass for every pod (for example nvidia).")
     env: list[dict[str, Any]] = Field(default_factory=list, description="Extra core/v1 EnvVar entries.")
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
@@ -143,7 +147,7 @@ class PodTemplate(Section):
     _annotations = field_validator("annotations")(kube_rules.annotations)
     _env = field_validator("env")(kube_rules.env)
 
-    @field_validator("service_account_name", "priority_class_name")
+    @field_validator("service_account_name", "priority_class_name", "scheduler_name", "runtime_class_name")
     @classmethod
     def _name(cls, name: str | None) -> str | None:
         return None if name is None else kube_rules.dns_subdomain(name)

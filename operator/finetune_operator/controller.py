@@ -1,9 +1,10 @@
 """The I/O around the phase machine: one loop per FineTuneJob that observes, decides and acts.
 
-Each job gets one kopf daemon running :meth:`Controller.run`: it observes the job's pods (kopf's in-memory pod
-index, fed by a watch), its progress.json on the checkpoint storage and, when publishing, the served model;
+Each job gets one kopf daemon running :meth:`Controller.run`: it observes the job's Jobs and pods (kopf's
+in-memory indexes, fed by watches), Kueue's Workloads of its queued Jobs, its progress.json on the checkpoint
+storage and, when publishing, the served model;
 calls :func:`lifecycle.reconcile`; creates and deletes children; posts events; patches status. It runs again
-whenever one of the job's pods or its spec changes, and every FINETUNE_POLL_SECONDS. One loop per job means
+whenever one of the job's Jobs or pods or its spec changes, and every FINETUNE_POLL_SECONDS. One loop per job means
 no two reconciles of a job ever race, and the loop keeps the status it wrote (the watch may lag behind it).
 """
 
@@ -28,7 +29,7 @@ from finetune_operator import status as status_model
 from finetune_operator.decision import Decision, JobMeta
 from finetune_operator.kube import Kube, KubeError
 from finetune_operator.metrics import METRICS, OperatorMetrics
-from finetune_operator.observed import Observed, PodView, Refusal
+from finetune_operator.observed import Admission, JobView, Observed, PodView, Refusal
 from finetune_operator.settings import Settings
 from finetune_trainer import contract
 from finetune_trainer.config import ConfigError
@@ -96,7 +97,8 @@ class Controller:
 
     # --- the loop -----------------------------------------------------------------------------------------
 
-    async def run(self, body: kopf.Body, pods: Mapping[Any, Iterable[PodView]], stopped: Any) -> None:
+    async def run(self, body: kopf.Body, pods: Mapping[Any, Iterable[PodView]],
+                  jobs: Mapping[Any, Iterable[JobView]], stopped: Any) -> None:  # fmt: skip
         """Reconcile one job until kopf stops this daemon (the job is deleted or the operator exits)."""
         key = (body.metadata.namespace, body.metadata.name)
         event = self.wakeups.setdefault(key, asyncio.Event())
@@ -107,7 +109,7 @@ class Controller:
                 started = time.monotonic()
                 requeue = None
                 try:
-                    requeue = await self.step(body, list(pods.get(key, ())), memory)
+                    requeue = await self.step(body, list(pods.get(key, ())), list(jobs.get(key, ())), memory)
                 except (TimeoutError, KubeError, OSError) as e:
                     log.warning("reconcile of %s/%s failed, retrying: %s", *key, e)
                 finally:
@@ -119,12 +121,19 @@ class Controller:
             if self.wakeups.get(key) is event:
                 del self.wakeups[key]
 
-    async def step(self, body: kopf.Body, pods: list[PodView], memory: JobMemory) -> float | None:
+    async def step(self, body: kopf.Body, pods: list[PodView], jobs: list[JobView],
+                   memory: JobMemory) -> float | None:  # fmt: skip
         meta = body.metadata
-        job_meta = JobMeta(meta.name, meta.namespace, meta.uid, int(meta.get("generation") or 1))
+        job_meta = JobMeta(meta.name, meta.namespace, meta.uid, int(meta.get("generation") or 1),
+                           dict(meta.labels or {}))  # fmt: skip
         spec = copy.deepcopy(dict(body.spec))
         job = _parse(job_meta, spec)
-        pods = [await self.with_log_tail(meta.namespace, p, memory) for p in observed.owned(pods, meta.uid)]
+        jobs = observed.owned(jobs, meta.uid)
+        # The Jobs' pods, and pods an older operator made itself (owned by the FineTuneJob).
+        pods = observed.owned_pods(pods, jobs) + [p for p in pods if p.owner_uid == meta.uid]
+        pods = [await self.with_log_tail(meta.namespace, p, memory) for p in pods]
+        admissions = await self.admissions(meta.namespace, jobs)
+        create_failures = await self.create_failures(meta.namespace, jobs, pods, job)
         phase = memory.status.get("phase")
         progress = None
         if job is not None and phase in lifecycle.TRAINING:
@@ -139,8 +148,9 @@ class Controller:
             version = observed.published_version(memory.status, pods)
             served = await asyncio.to_thread(confirm.confirm, serving.triton_url, name, version)
         now = datetime.now(UTC)
-        seen = Observed(pods=pods, progress=progress, served=served, refused=memory.refused,
-                        members=memory.members, ensemble_metrics=memory.ensemble_metrics)
+        seen = Observed(pods=pods, jobs=jobs, admissions=admissions, create_failures=create_failures,
+                        progress=progress, served=served,
+                        refused=memory.refused, members=memory.members, ensemble_metrics=memory.ensemble_metrics)
         decision = lifecycle.reconcile(job_meta, spec, memory.status, seen, now, self.settings)
         refused_before = memory.refused
         await self.apply(body, job_meta, decision, memory)
@@ -188,6 +198,32 @@ class Controller:
             self.metrics.publish_failures.labels(meta.namespace, meta.name).inc()
         if decision.published_seconds is not None:
             self.metrics.publish_duration.observe(decision.published_seconds)
+
+    async def admissions(self, namespace: str, jobs: list[JobView]) -> dict[str, Admission]:
+        """Kueue's word on each suspended, queued Job: admitted, or why not (its Workload's conditions)."""
+        said: dict[str, Admission] = {}
+        for j in jobs:
+            if j.queued and j.suspended and not j.deleting and not j.failed:
+                workloads = await self.kube.workloads(namespace, j.uid)
+                if workloads:
+                    said[j.name] = observed.admission(workloads[0])
+        return said
+
+    async def create_failures(self, namespace: str, jobs: list[JobView], pods: list[PodView],
+                              job: api.FineTuneJob | None) -> dict[str, str]:  # fmt: skip
+        """The last FailedCreate warning of each running Job that has fewer pods than it asks for."""
+        if job is None:
+            return {}
+        said: dict[str, str] = {}
+        for j in jobs:
+            if j.suspended or j.deleting or j.failed or j.complete:
+                continue
+            want = job.spec.resources.nodes if j.component == names.TRAINER else 1
+            if sum(p.owner_uid == j.uid for p in pods) < want:
+                warnings = await self.kube.warnings(namespace, j.uid, "FailedCreate")
+                if warnings:
+                    said[j.name] = warnings[-1][1]
+        return said
 
     async def with_log_tail(self, namespace: str, pod: PodView, memory: JobMemory) -> PodView:
         """A failed pod without a termination message gets its log tail instead (what FallbackToLogsOnError
@@ -280,10 +316,11 @@ class Controller:
     # --- deletion -----------------------------------------------------------------------------------------
 
     async def cleanup(self, namespace: str, name: str) -> int:
-        """Delete every child of a job being deleted (ownerReferences would too, later); returns how many."""
+        """Delete every child of a job being deleted (ownerReferences would too, later); returns how many. Pods
+        an older operator made itself are deleted too; the Jobs' own pods go with their Jobs."""
         selector = f"{names.JOB_LABEL}={name},{names.NAME_LABEL}={names.APP}"
         count = 0
-        for plural in ("pods", "configmaps", "services"):
+        for plural in ("jobs", "pods", "configmaps", "services"):
             for child in await self.kube.list_names(namespace, plural, selector):
                 count += await self.kube.delete(namespace, plural, child)
         self.generations.pop((namespace, name), None)

@@ -20,7 +20,7 @@ class Decision:
 
     status: dict[str, Any]
     create: list[dict[str, Any]] = field(default_factory=list)
-    delete: list[tuple[str, str]] = field(default_factory=list)  # (plural, name), e.g. ("pods", "x-a1-0")
+    delete: list[tuple[str, str]] = field(default_factory=list)  # (plural, name), e.g. ("jobs", "x-a1")
     # Pods whose graceful deletion no kubelet finished (their node is gone): removed with grace 0.
     force_delete: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
@@ -36,3 +36,4 @@ class JobMeta:
     namespace: str
     uid: str
     generation: int = 1
+    labels: dict[str, str] = field(default_factory=dict)  # the FineTuneJob's own (Kueue's queue-name among them)

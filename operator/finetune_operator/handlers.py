@@ -17,7 +17,8 @@ from finetune_operator.names import APP, JOB_LABEL, NAME_LABEL
 SETTINGS = settings.current()
 CONTROLLER = Controller(SETTINGS)
 JOBS = {"group": api.GROUP, "version": api.VERSION, "plural": api.PLURAL}
-CHILD_PODS = {"labels": {NAME_LABEL: APP, JOB_LABEL: kopf.PRESENT}}
+CHILDREN = {"labels": {NAME_LABEL: APP, JOB_LABEL: kopf.PRESENT}}
+CHILD_JOBS = {"group": "batch", "version": "v1", "plural": "jobs", **CHILDREN}
 
 
 @kopf.on.startup()
@@ -39,15 +40,27 @@ async def jobs_by_namespace(namespace: str, name: str, status: kopf.Status, **_:
     return {namespace: (name, status.get("phase"))}
 
 
-@kopf.index("pods", **CHILD_PODS)
+@kopf.index("pods", **CHILDREN)
 async def pods_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    """Each job's pods, summarised, by (namespace, job)."""
+    """Each FineTuneJob's pods, summarised, by (namespace, FineTuneJob)."""
     return {(namespace, labels[JOB_LABEL]): observed.pod_view(dict(body))}
 
 
-@kopf.on.event("pods", **CHILD_PODS)
+@kopf.index(**CHILD_JOBS)
+async def jobs_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    """Each FineTuneJob's batch/v1 Jobs (worker groups, export tries), summarised, by (namespace, FineTuneJob)."""
+    return {(namespace, labels[JOB_LABEL]): observed.job_view(dict(body))}
+
+
+@kopf.on.event("pods", **CHILDREN)
 async def pod_changed(namespace: str, labels: kopf.Labels, **_: Any) -> None:
     """A child pod changed: reconcile its job now."""
+    CONTROLLER.wake(namespace, labels[JOB_LABEL])
+
+
+@kopf.on.event(**CHILD_JOBS)
+async def child_job_changed(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+    """A child Job changed (admitted, suspended, failed, complete): reconcile its FineTuneJob now."""
     CONTROLLER.wake(namespace, labels[JOB_LABEL])
 
 
@@ -58,14 +71,15 @@ async def job_changed(namespace: str, name: str, meta: kopf.Meta, **_: Any) -> N
 
 
 @kopf.daemon(**JOBS, cancellation_timeout=2.0)
-async def reconcile(body: kopf.Body, pods_by_job: kopf.Index, stopped: kopf.DaemonStopped, **_: Any) -> None:
+async def reconcile(body: kopf.Body, pods_by_job: kopf.Index, jobs_by_job: kopf.Index, stopped: kopf.DaemonStopped,
+                    **_: Any) -> None:  # fmt: skip
     """One reconcile loop per job for as long as it exists."""
-    await CONTROLLER.run(body, pods_by_job, stopped)
+    await CONTROLLER.run(body, pods_by_job, jobs_by_job, stopped)
 
 
 @kopf.on.delete(**JOBS)
 async def delete_children(namespace: str, name: str, **_: Any) -> None:
-    """The job is being deleted: delete its pods, config maps and service before the finalizer goes."""
+    """The job is being deleted: delete its Jobs, config maps and service before the finalizer goes."""
     await CONTROLLER.cleanup(namespace, name)
 
 

@@ -40,6 +40,10 @@ class KubeError(Exception):
         self.message = message
 
 
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_VERSIONS = ("v1beta2", "v1beta1")  # newest first: Kueue 0.15+ serves v1beta2
+
+
 def _status_message(body: Any, fallback: str) -> str:
     """The ``message`` of the API server's Status object (what kubectl prints), else the raw body."""
     try:
@@ -114,8 +118,12 @@ class Kube:
         raise AssertionError("unreachable")
 
     async def create(self, obj: dict[str, Any]) -> bool:
-        """Create a Pod, Service or ConfigMap; False when it exists already."""
+        """Create a Job, Pod, Service or ConfigMap; False when it exists already."""
         ns, kind = obj["metadata"]["namespace"], obj["kind"]
+        if kind == "Job":
+            done = await self.call(lambda c: _drained(client.BatchV1Api(c).create_namespaced_job(ns, obj, **RAW)),
+                                   ok=(409,))  # fmt: skip
+            return done is not None
         create = {"Pod": "create_namespaced_pod", "Service": "create_namespaced_service",
                   "ConfigMap": "create_namespaced_config_map"}[kind]  # fmt: skip
         done = await self.call(lambda c: _drained(getattr(client.CoreV1Api(c), create)(ns, obj, **RAW)),
@@ -123,7 +131,13 @@ class Kube:
         return done is not None
 
     async def delete(self, namespace: str, plural: str, name: str, grace_seconds: int | None = None) -> bool:
-        """Delete one object (pods get their grace period unless ``grace_seconds``); False when already gone."""
+        """Delete one object (pods get their grace period unless ``grace_seconds``); False when already gone.
+        A Job is deleted in the foreground: it stays, marked deleting, until the garbage collector has deleted
+        its pods, so whoever watches it knows when its workers have stopped."""
+        if plural == "jobs":
+            done = await self.call(lambda c: _drained(client.BatchV1Api(c).delete_namespaced_job(
+                name, namespace, propagation_policy="Foreground", **RAW)), ok=(404,))  # fmt: skip
+            return done is not None
         delete = {"pods": "delete_namespaced_pod", "services": "delete_namespaced_service",
                   "configmaps": "delete_namespaced_config_map"}[plural]  # fmt: skip
         grace = {} if grace_seconds is None else {"grace_period_seconds": grace_seconds}
@@ -133,11 +147,41 @@ class Kube:
         return done is not None
 
     async def list_names(self, namespace: str, plural: str, selector: str) -> list[str]:
+        if plural == "jobs":
+            jobs = await self.call(lambda c: client.BatchV1Api(c).list_namespaced_job(
+                namespace, label_selector=selector, _request_timeout=TIMEOUT))  # fmt: skip
+            return [item.metadata.name for item in jobs.items] if jobs else []
         listing = {"pods": "list_namespaced_pod", "services": "list_namespaced_service",
                    "configmaps": "list_namespaced_config_map"}[plural]  # fmt: skip
         items = await self.call(lambda c: getattr(client.CoreV1Api(c), listing)(
             namespace, label_selector=selector, _request_timeout=TIMEOUT))  # fmt: skip
         return [item.metadata.name for item in items.items] if items else []
+
+    async def warnings(self, namespace: str, uid: str, reason: str) -> list[tuple[str, str]]:
+        """(time, message) of the Warning events with ``reason`` about the object ``uid``, oldest first."""
+        events = await self.call(lambda c: client.CoreV1Api(c).list_namespaced_event(
+            namespace, field_selector=f"involvedObject.uid={uid},reason={reason},type=Warning",
+            _request_timeout=TIMEOUT))  # fmt: skip
+        found = []
+        for e in events.items if events else []:
+            when = e.last_timestamp or e.event_time or e.first_timestamp
+            found.append((when.isoformat() if when else "", e.message or ""))
+        return sorted(found)
+
+    async def workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
+        """Kueue's Workloads of one Job (label ``kueue.x-k8s.io/job-uid``); [] where Kueue is not installed."""
+        for version in KUEUE_VERSIONS:
+            try:
+                found = await self.call(lambda c, v=version: client.CustomObjectsApi(c).list_namespaced_custom_object(
+                    KUEUE_GROUP, v, namespace, "workloads", label_selector=f"{KUEUE_GROUP}/job-uid={job_uid}",
+                    _request_timeout=TIMEOUT), ok=(404,))  # fmt: skip
+            except KubeError as e:
+                if e.status == 403:
+                    return []  # not granted (an older chart): the job still shows Queued, without Kueue's reason
+                raise
+            if found is not None:
+                return list(found.get("items") or [])
+        return []
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch the status subresource of a FineTuneJob (None values remove fields)."""

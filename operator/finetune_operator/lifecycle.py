@@ -1,17 +1,21 @@
 """The phase machine of a FineTuneJob, as one pure function: (spec, observed children, status, now) -> decision.
 
-    Pending ─► Running ─► Exporting ─► Publishing ─► Succeeded
-       │  ▲        │                                  (serving disabled: Running ─► Succeeded)
-       │  │        ▼
-       │  └── Restarting   (a worker failed for a retryable reason: a new attempt resumes from the checkpoint)
-       ▼
-    Suspended (spec.suspend)             Failed (bad input, backoff limit, deadline, publication)
+    Queued ◄─► Pending ─► Running ─► Exporting ─► Publishing ─► Succeeded
+       ▲          │  ▲        │                                  (serving disabled: Running ─► Succeeded)
+       │          │  │        ▼
+       │          │  └── Restarting   (a failure or a disruption: a new attempt resumes from the checkpoint)
+       │          ▼
+       │       Suspended (spec.suspend)             Failed (bad input, backoff limit, deadline, publication)
+       └── preempted by Kueue (Running ─► Queued): the same Job resumes from its checkpoint when readmitted
 
-A *worker group* is one attempt: a ConfigMap and one pod per node, all labelled with the attempt number. When
-any worker of the current attempt fails, the whole group is replaced by the next attempt after an exponential
-backoff, until ``backoffLimit`` restarts are spent. Exit code 2 (bad data or spec) is permanent: the job fails
-at once with the trainer's ``error:`` line. The caller (handlers -> reconcile) does all I/O: it observes pods
-and progress.json, asks Triton about the published model, and applies the decision.
+A *worker group* is one attempt: a ConfigMap and one batch/v1 Indexed Job of one pod per node, labelled with the
+attempt number. The Job controller runs the pods and judges the group (its pod failure policy fails it at the
+first failed pod); Kueue, when the job carries a queue name, admits or preempts the whole Job. When the current
+group fails, it is replaced by the next attempt after an exponential backoff, until ``backoffLimit`` restarts are
+spent; a disruption (eviction, drain, lost node) is replaced at once and not counted. Exit code 2 (bad data or
+spec) is permanent: the job fails at once with the trainer's ``error:`` line. ``activeDeadlineSeconds`` counts
+only admitted time (not Queued or Suspended). The caller (handlers -> reconcile) does all I/O: it observes Jobs,
+pods, Kueue's Workloads and progress.json, asks Triton about the published model, and applies the decision.
 """
 
 from __future__ import annotations
@@ -23,13 +27,24 @@ from typing import Any
 from finetune_operator import api, ensemble_status, names, resources
 from finetune_operator import status as status_model
 from finetune_operator.decision import Decision, Event, JobMeta
-from finetune_operator.observed import Failure, Observed, PodView, Refusal, classify
+from finetune_operator.ensemble_steps import members
+from finetune_operator.observed import (
+    Failure,
+    JobView,
+    Observed,
+    PodView,
+    Refusal,
+    classify,
+    create_failure_reason,
+    job_failure,
+)
 from finetune_operator.settings import Settings
 from finetune_operator.status import (
     EXPORTING,
     FAILED,
     PENDING,
     PUBLISHING,
+    QUEUED,
     RESTARTING,
     RUNNING,
     SUCCEEDED,
@@ -40,11 +55,12 @@ from finetune_operator.status import (
 from finetune_trainer import contract
 from finetune_trainer.config import ConfigError
 
-TRAINING = (PENDING, RUNNING, RESTARTING)
+TRAINING = (QUEUED, PENDING, RUNNING, RESTARTING)
+# The phases activeDeadlineSeconds counts: admitted, running or between attempts (not Queued or Suspended).
+ACTIVE = (PENDING, RUNNING, RESTARTING, EXPORTING, PUBLISHING)
 # A pod still terminating this long after its grace period ended is on a node that no longer answers.
 FORCE_DELETE_AFTER = timedelta(seconds=60)
 TERMINAL = (SUCCEEDED, FAILED)
-
 
 
 class _Machine:
@@ -66,31 +82,73 @@ class _Machine:
     def transition(self, phase: str, reason: str, message: str, warning: bool = False) -> None:
         if phase == self.phase and self.s.get("reason") == reason:
             return
+        self.count_active(phase in ACTIVE)
         status_model.set_phase(self.s, phase, reason, message, timestamp(self.now), self.meta.generation)
         self.d.events.append(Event("Warning" if warning else "Normal", reason, message))
+
+    def count_active(self, active: bool) -> None:
+        """Start or stop the clock of activeDeadlineSeconds: ``activeSince`` while admitted; the time spent is
+        added to ``activeSeconds`` when the job leaves (queued, suspended, finished)."""
+        since = parse_time(self.s.get("activeSince"))
+        if active and since is None:
+            self.s["activeSince"] = timestamp(self.now)
+        elif not active and since is not None:
+            spent = float(self.s.get("activeSeconds") or 0) + max((self.now - since).total_seconds(), 0.0)
+            self.s["activeSeconds"] = round(spent, 3)
+            self.s.pop("activeSince", None)
+
+    def active_seconds(self) -> float:
+        since = parse_time(self.s.get("activeSince"))
+        running = (self.now - since).total_seconds() if since is not None else 0.0
+        return float(self.s.get("activeSeconds") or 0) + max(running, 0.0)
 
     def wake_in(self, seconds: float) -> None:
         seconds = max(seconds, 0.05)
         self.d.requeue = seconds if self.d.requeue is None else min(self.d.requeue, seconds)
 
-    def delete_pods(self, pods: list[PodView]) -> None:
-        for p in pods:
-            if not p.deleting:
+    def stop(self, jobs: list[JobView]) -> None:
+        """Delete Jobs (their pods get their grace period: the trainer writes a final checkpoint on SIGTERM;
+        the caller deletes in the foreground, so a Job stays visible until its pods are gone)."""
+        for j in jobs:
+            if not j.deleting and ("jobs", j.name) not in self.d.delete:
+                self.d.delete.append(("jobs", j.name))
+        for p in self.legacy_pods():
+            if not p.finished and not p.deleting:
                 self.d.delete.append(("pods", p.name))
-            elif (ends := parse_time(p.deletion_time)) is not None and self.now > ends + FORCE_DELETE_AFTER:
-                # Past its grace period and still there: no kubelet is left to confirm it (a lost node).
-                # Removing it lets the next attempt start; its processes, if any still run, cannot commit
-                # over the new attempt's checkpoints (each attempt commits its own, verified by manifest).
+
+    def force_stuck(self) -> None:
+        """Pods past their grace period and still there: no kubelet is left to confirm them (a lost node).
+        Removing one lets the next attempt start; its processes, if any still run, cannot commit over the new
+        attempt's checkpoints (each attempt commits its own, verified by manifest)."""
+        for p in self.observed.pods:
+            ends = parse_time(p.deletion_time) if p.deleting else None
+            if ends is not None and self.now > ends + FORCE_DELETE_AFTER:
                 self.d.force_delete.append(p.name)
                 self.d.events.append(Event("Warning", "ForceDeleted", f"pod {p.name} was still terminating "
                                            f"{FORCE_DELETE_AFTER.seconds}s after its grace period (its node "
                                            "does not answer): deleted with grace 0"))  # fmt: skip
 
-    def pods(self, component: str) -> list[PodView]:
-        return [p for p in self.observed.pods if p.component == component]
+    def jobs(self, component: str) -> list[JobView]:
+        return [j for j in self.observed.jobs if j.component == component]
 
-    def active(self, component: str) -> list[PodView]:
-        return [p for p in self.pods(component) if not p.finished]
+    def running_jobs(self, component: str | None = None) -> list[JobView]:
+        """Jobs the Job controller has not finished (their pods may run)."""
+        return [j for j in self.observed.jobs if (component is None or j.component == component)
+                and not j.complete and not j.failed]  # fmt: skip
+
+    def pods_of(self, jobs: list[JobView]) -> list[PodView]:
+        uids = {j.uid for j in jobs}
+        return [p for p in self.observed.pods if p.owner_uid in uids]
+
+    def legacy_pods(self) -> list[PodView]:
+        """Worker or export pods an operator from before worker Jobs created (owned by the FineTuneJob)."""
+        return [p for p in self.observed.pods if p.owner_uid == self.meta.uid]
+
+    def stopping(self, component: str, keep: list[JobView]) -> bool:
+        """Whether pods of ``component`` outside ``keep`` still run (an old group writing its last checkpoint)."""
+        uids = {j.uid for j in keep}
+        return any(p.component == component and not p.finished and p.owner_uid not in uids
+                   for p in self.observed.pods)  # fmt: skip
 
     # -- the machine --
 
@@ -104,14 +162,17 @@ class _Machine:
             errors = e.errors
         else:
             errors = resources.spec_errors(self.job, self.settings)
+        self.force_stuck()
         if errors:
             if self.phase not in TERMINAL:
-                self.delete_pods(self.active(names.TRAINER) + self.active(names.EXPORTER))
+                self.stop(self.running_jobs())
                 self.transition(FAILED, "InvalidSpec", "; ".join(errors), warning=True)
             return self.d
         if self.phase in TERMINAL:
             self.finished()
             return self.d
+        if self.phase in ACTIVE and "activeSince" not in self.s:
+            self.s["activeSince"] = self.s.get("startTime") or timestamp(self.now)  # started by an older operator
         if self.deadline_passed():
             return self.d
         self.read_progress()
@@ -130,6 +191,8 @@ class _Machine:
                 self.training()
         elif phase in (EXPORTING, PUBLISHING):
             self.publishing()
+        if self.job.spec.active_deadline_seconds and "activeSince" in self.s and self.phase not in TERMINAL:
+            self.wake_in(self.job.spec.active_deadline_seconds - self.active_seconds())
         return self.d
 
     def refused(self, refusal: Refusal) -> bool:
@@ -137,11 +200,15 @@ class _Machine:
         any other is shown (reason, message, one Warning event) while the caller retries the create every
         RECREATE_AFTER seconds. True when the job failed."""
         if refusal.permanent:
-            self.delete_pods(self.active(names.TRAINER) + self.active(names.EXPORTER))
+            self.stop(self.running_jobs())
             self.transition(FAILED, refusal.reason, refusal.describe(), warning=True)
             return True
         self.transition(self.phase or PENDING, refusal.reason, refusal.describe(), warning=True)
         return False
+
+    @property
+    def queue(self) -> str | None:
+        return self.meta.labels.get(names.QUEUE_LABEL)
 
     def start(self) -> None:
         assert self.job is not None
@@ -152,10 +219,20 @@ class _Machine:
             self.transition(SUSPENDED, "Suspended", "created suspended; set spec.suspend=false to start")
             return
         self.s["startTime"] = timestamp(self.now)
-        if self.job.spec.active_deadline_seconds:
-            self.wake_in(self.job.spec.active_deadline_seconds)
         self.new_attempt()
-        self.transition(PENDING, "Created", f"worker group attempt {self.s['attempt']} created")
+        self.created("Created")
+
+    def created(self, reason: str) -> None:
+        """The new attempt's group exists: queued for Kueue, or pending for the scheduler."""
+        attempt = self.s["attempt"]
+        if self.queue:
+            self.transition(QUEUED, "Queued", f"worker group attempt {attempt} waits for Kueue to admit it "
+                            f"(queue {self.queue})")  # fmt: skip
+            return
+        if reason == "Resumed":
+            self.transition(PENDING, reason, f"resumed as attempt {attempt} from the latest checkpoint")
+        else:
+            self.transition(PENDING, reason, f"worker group attempt {attempt} created")
 
     def new_attempt(self) -> None:
         assert self.job is not None
@@ -163,85 +240,136 @@ class _Machine:
         self.s.pop("retryAfter", None)
         self.create_group()
 
+    def deadline_left(self) -> int | None:
+        limit = self.job.spec.active_deadline_seconds if self.job else None
+        return None if limit is None else max(int(limit - self.active_seconds()), 1)
+
     def create_group(self) -> None:
         assert self.job is not None
         self.d.create += resources.worker_group(self.job, self.meta.uid, self.s["attempt"], self.settings,
-                                                legacy_layout=self.legacy_layout)  # fmt: skip
+                                                legacy_layout=self.legacy_layout, job_labels=self.meta.labels,
+                                                deadline=self.deadline_left())  # fmt: skip
 
     def suspend(self) -> None:
-        self.delete_pods(self.active(names.TRAINER))
+        self.stop(self.running_jobs(names.TRAINER))
         self.transition(SUSPENDED, "Suspended", "workers deleted; resume continues from the latest checkpoint")
 
     def suspended(self) -> None:
         assert self.job is not None
         if self.job.spec.suspend:
-            self.delete_pods(self.active(names.TRAINER))
+            self.stop(self.running_jobs(names.TRAINER))
             return
-        if self.active(names.TRAINER):
+        if self.stopping(names.TRAINER, keep=[]):
             self.wake_in(1.0)  # the old workers are still stopping (writing their final checkpoint)
             return
         self.s.setdefault("startTime", timestamp(self.now))
         self.new_attempt()
-        self.transition(PENDING, "Resumed", f"resumed as attempt {self.s['attempt']} from the latest checkpoint")
+        self.created("Resumed")
+
+    def groups(self) -> int:
+        assert self.job is not None
+        return len(members(self.job)) or 1
 
     def training(self) -> None:
         assert self.job is not None
         attempt = int(self.s.get("attempt") or 1)
-        slots = names.worker_slots(self.job)  # (member, rank): one worker group per ensemble member
-        workers = [p for p in self.pods(names.TRAINER) if p.attempt == attempt]
-        stale = [p for p in self.active(names.TRAINER) if p.attempt != attempt]
-        self.delete_pods(stale)
-        retry_after = parse_time(self.s.get("retryAfter"))
-        if retry_after is not None:
+        group = [j for j in self.jobs(names.TRAINER) if j.attempt == attempt and not j.deleting]
+        self.stop([j for j in self.running_jobs(names.TRAINER) if j.attempt != attempt])
+        if parse_time(self.s.get("retryAfter")) is not None:
             # Restarting: wait for the old group to stop and the backoff to pass, then start the new attempt.
-            if stale:
+            if self.stopping(names.TRAINER, keep=[]):
                 self.wake_in(1.0)
-                return
-            if not self.backing_off():
+            elif not self.backing_off():
                 self.create_group()
             return
-        failures = [(p, f) for p in workers if (f := classify(p))]
-        if self.phase == RUNNING:
-            seen = {(p.member, p.rank) for p in workers}
-            failures += [
-                (None, Failure(False, "PodDeleted", f"pod {names.worker_name(self.meta.name, attempt, r, m)} "
-                               "disappeared"))
-                for m, r in slots if (m, r) not in seen
-            ]  # fmt: skip
-        if failures:
-            self.worker_failed(workers, [f for _, f in failures])
+        if self.stopping(names.TRAINER, keep=group):
+            self.wake_in(1.0)  # an older group (or an older operator's pods) still stops: never two at once
             return
-        by_rank = {(p.member, p.rank): p for p in workers}
-        if len(by_rank) < len(slots):
-            # Created but not observed yet, or lost before it ever ran: creating again is idempotent.
+        if len(group) < self.groups():
+            # Created but not observed yet, or deleted by someone: creating again is idempotent.
             self.create_group()
             return
-        if self.phase in (PENDING, RESTARTING):
-            self.waiting(attempt, list(by_rank.values()))
-        if all(p.phase == "Succeeded" for p in by_rank.values()):
+        pods = self.pods_of(group)
+        if any(j.suspended for j in group):
+            self.queued(group)
+            return
+        failures = [f for p in pods if (f := classify(p))]
+        failed = [j for j in group if j.failed]
+        if failed or any(f.disruption for f in failures):
+            if not any(p.phase == "Failed" or p.disrupted for p in pods):  # the pods are gone: the Job's word
+                failures = [job_failure(j) for j in failed] + failures
+            self.worker_failed(group, failures, deadline=any(j.failed_reason == "DeadlineExceeded" for j in failed))
+            return
+        if all(j.complete for j in group):
             self.training_done()
-        elif all(p.phase in ("Running", "Succeeded") for p in by_rank.values()) and self.phase != RUNNING:
-            self.transition(RUNNING, "Running", f"{len(slots)} worker pod(s) of attempt {attempt} running")
+            return
+        if self.phase == QUEUED:
+            self.transition(PENDING, "Admitted", f"worker group attempt {attempt} admitted by Kueue; pods starting")
+        if self.phase in (PENDING, RESTARTING):
+            self.waiting(attempt, pods, group)
+        live = [p for p in pods if p.phase in ("Running", "Succeeded") and not p.deleting]
+        if len(live) >= self.groups() * self.job.spec.resources.nodes and self.phase != RUNNING:
+            self.transition(RUNNING, "Running", f"{len(live)} worker pod(s) of attempt {attempt} running")
 
-    def waiting(self, attempt: int, workers: list[PodView]) -> None:
-        """Say why the group's pods wait, as the cluster reports it (Unschedulable, ImagePullBackOff, ...);
-        a pending job goes back to ``Created`` once nothing does."""
+    def queued(self, group: list[JobView]) -> None:
+        """A suspended group: Kueue has not admitted it yet, or took its quota back (preemption). Its pods stop
+        with a final checkpoint; the same Job resumes from it when Kueue admits it again."""
+        job = next(j for j in group if j.suspended)
+        said = self.observed.admissions.get(job.name)
+        if said is None:
+            reason, message = "Queued", f"job {job.name} waits for Kueue to admit it (queue {self.queue})"
+        else:
+            reason, message = said.reason or "Queued", f"job {job.name}: {said.message or said.reason}"
+        was = self.phase
+        if said is not None and said.evicted and was in (PENDING, RUNNING):
+            message += "; its workers stop after a final checkpoint and it resumes from it when admitted again"
+        self.transition(QUEUED, reason, message, warning=said is not None and said.evicted)
+        self.s["message"] = message  # Kueue's message changes (the quota it lacks); the event is kept once
+
+    def waiting(self, attempt: int, workers: list[PodView], group: list[JobView]) -> None:
+        """Say why the group's pods wait, as the cluster reports it (a pod the API server refused the Job
+        controller, Unschedulable, ImagePullBackOff, ...); a pending job goes back to ``Created`` once nothing
+        does."""
+        refused = next(((j, m) for j in group if (m := self.observed.create_failures.get(j.name))), None)
         stuck = next((p for p in workers if p.waiting), None)
-        if stuck is not None:
+        if refused is not None:
+            j, said = refused
+            message = f"job {j.name} cannot create its pods: {said}"
+            self.transition(self.phase, create_failure_reason(said), message, warning=True)
+            self.s["message"] = message
+        elif stuck is not None:
             message = f"pod {stuck.name}: {stuck.waiting_message or stuck.waiting}"
             self.transition(self.phase, stuck.waiting, message, warning=True)
             self.s["message"] = message  # the scheduler's count of fitting nodes changes; the event is kept once
         elif self.phase == PENDING and self.observed.refused is None and self.s.get("reason") not in (
-            "Created", "Resumed"
+            "Created", "Resumed", "Admitted"
         ):  # fmt: skip
             self.transition(PENDING, "Created", f"worker group attempt {attempt} created")
 
-    def worker_failed(self, workers: list[PodView], failures: list[Failure]) -> None:
+    def worker_failed(self, group: list[JobView], failures: list[Failure], *, deadline: bool = False) -> None:
         assert self.job is not None
+        self.stop([j for j in group if not j.failed])
         permanent = [f for f in failures if f.permanent]
-        self.delete_pods([p for p in workers if not p.finished])
         if permanent:
+            self.stop(self.running_jobs())
             self.transition(FAILED, permanent[0].reason, permanent[0].message, warning=True)
+            return
+        if deadline:
+            self.transition(FAILED, "DeadlineExceeded", f"activeDeadlineSeconds "
+                            f"{self.job.spec.active_deadline_seconds} passed", warning=True)  # fmt: skip
+            return
+        attempt = int(self.s.get("attempt") or 1) + 1
+        disruption = next((f for f in failures if f.disruption), None)
+        if disruption is not None:
+            # Not the job's failure: no backoff, backoffLimit untouched.
+            self.s["disruptions"] = int(self.s.get("disruptions") or 0) + 1
+            self.s["attempt"] = attempt
+            self.s["retryAfter"] = timestamp(self.now)
+            self.d.restarted = True
+            self.wake_in(0.05)
+            self.transition(RESTARTING, disruption.reason, f"{disruption.message}; restarting as attempt {attempt} "
+                            "from the latest checkpoint (a disruption: backoffLimit is not spent)",
+                            warning=True)  # fmt: skip
             return
         first = failures[0]
         restarts = int(self.s.get("restarts") or 0)
@@ -251,7 +379,7 @@ class _Machine:
             return
         delay = self.settings.backoff(restarts)
         self.s["restarts"] = restarts + 1
-        self.s["attempt"] = int(self.s.get("attempt") or 1) + 1
+        self.s["attempt"] = attempt
         self.s["retryAfter"] = timestamp(self.now + timedelta(seconds=delay))
         self.d.restarted = True
         self.wake_in(delay)
@@ -279,36 +407,44 @@ class _Machine:
             return
         self.s["exportAttempt"] = 1
         self.s["exportStartTime"] = timestamp(self.now)
-        self.export_pod(1)
+        self.export_job(1)
         self.transition(EXPORTING, "Exporting", "training complete; exporting the model")
 
     def publishing(self) -> None:
         assert self.job is not None
         n = int(self.s.get("exportAttempt") or 1)
-        pod = next((p for p in self.pods(names.EXPORTER) if p.export == n), None)
-        if pod is None:
+        job = next((j for j in self.jobs(names.EXPORTER) if j.export == n), None)
+        if job is None:
             if not self.backing_off():
-                self.export_pod(n)
+                self.export_job(n)
             return
-        if pod.phase == "Failed" or pod.deleting:
-            self.export_failed(pod, n)
+        pod = next((p for p in self.pods_of([job]) if p.export == n), None)
+        if job.suspended and pod is None:
+            said = self.observed.admissions.get(job.name)
+            message = f"job {job.name}: {said.message or said.reason}" if said else \
+                f"job {job.name} waits for Kueue to admit it (queue {self.queue})"  # fmt: skip
+            self.transition(self.phase, said.reason if said else "Queued", message)
+            self.s["message"] = message
             return
-        if pod.phase != "Succeeded":
-            if "publish" in pod.running and self.phase == EXPORTING:
+        if job.failed or (pod is not None and pod.phase == "Failed"):
+            self.export_failed(job, pod, n)
+            return
+        if pod is None or pod.phase != "Succeeded":
+            if pod is not None and "publish" in pod.running and self.phase == EXPORTING:
                 self.transition(PUBLISHING, "Publishing", "model exported; publishing to the model repository")
             return
         if self.phase == EXPORTING:
             self.transition(PUBLISHING, "Publishing", "model published; waiting for Triton to serve it")
         self.confirm()
 
-    def export_pod(self, n: int) -> None:
+    def export_job(self, n: int) -> None:
         assert self.job is not None
-        pod = resources.export_pod(self.job, self.meta.uid, n, self.settings, legacy_layout=self.legacy_layout)
-        self.d.create.append(pod)
+        self.d.create.append(resources.export_job(self.job, self.meta.uid, n, self.settings,
+                                                  legacy_layout=self.legacy_layout, job_labels=self.meta.labels))
 
-    def export_failed(self, pod: PodView, n: int) -> None:
+    def export_failed(self, job: JobView, pod: PodView | None, n: int) -> None:
         assert self.job is not None
-        failure = classify(pod) or Failure(False, "ExportFailed", f"pod {pod.name} failed")
+        failure = (classify(pod) if pod is not None else None) or job_failure(job, "ExportFailed")
         self.d.publish_failed = True
         if failure.permanent or n > self.job.spec.backoff_limit:
             self.transition(FAILED, "PublishFailed", failure.message, warning=True)
@@ -347,10 +483,11 @@ class _Machine:
         self.wake_in(min(2.0, self.settings.poll_seconds))
 
     def finished(self) -> None:
-        """Terminal: stop what still runs; after ttlSecondsAfterFinished delete the pods and config maps."""
+        """Terminal: stop what still runs; after ttlSecondsAfterFinished delete the Jobs (the Job controller's
+        TTL does too) and config maps."""
         assert self.job is not None
         if self.phase == FAILED:
-            self.delete_pods(self.active(names.TRAINER) + self.active(names.EXPORTER))
+            self.stop(self.running_jobs())
         ttl = self.job.spec.ttl_seconds_after_finished
         done = parse_time(self.s.get("completionTime"))
         if ttl is None or done is None:
@@ -359,26 +496,27 @@ class _Machine:
         if self.now < expiry:
             self.wake_in((expiry - self.now).total_seconds())
             return
-        pods = self.pods(names.TRAINER) + self.pods(names.EXPORTER)
-        self.delete_pods(pods)
-        if pods:
-            groups = {(p.attempt, p.member) for p in pods if p.component == names.TRAINER}
+        jobs = [j for j in self.observed.jobs if not j.deleting]
+        self.stop(jobs)
+        if jobs:
+            groups = {(j.attempt, j.member) for j in jobs if j.component == names.TRAINER}
             self.d.delete += [("configmaps", names.config_name(self.meta.name, a, m))
                               for a, m in sorted(groups, key=lambda g: (g[0], g[1] or 0))]  # fmt: skip
-            self.d.events.append(Event("Normal", "Cleanup", f"deleted {len(pods)} finished pod(s) after {ttl}s"))
+            self.d.events.append(Event("Normal", "Cleanup", f"deleted {len(jobs)} finished Job(s) after {ttl}s"))
 
     def deadline_passed(self) -> bool:
+        """activeDeadlineSeconds counts admitted time only (``activeSeconds`` + since ``activeSince``)."""
         assert self.job is not None
         limit = self.job.spec.active_deadline_seconds
-        started = parse_time(self.s.get("startTime"))
-        if limit is None or started is None or self.phase == SUSPENDED:
+        if limit is None or self.phase in (SUSPENDED, QUEUED) or "activeSince" not in self.s:
             return False
-        left = (started + timedelta(seconds=limit) - self.now).total_seconds()
+        left = limit - self.active_seconds()
         if left > 0:
             self.wake_in(left)
             return False
-        self.delete_pods(self.active(names.TRAINER) + self.active(names.EXPORTER))
-        self.transition(FAILED, "DeadlineExceeded", f"activeDeadlineSeconds {limit} passed", warning=True)
+        self.stop(self.running_jobs())
+        self.transition(FAILED, "DeadlineExceeded", f"activeDeadlineSeconds {limit} passed (admitted time)",
+                        warning=True)  # fmt: skip
         return True
 
     def read_progress(self) -> None:

@@ -17,6 +17,11 @@ ATTEMPT_LABEL = "finetune.dev/attempt"
 RANK_LABEL = "finetune.dev/rank"
 EXPORT_LABEL = "finetune.dev/export"
 MEMBER_LABEL = "finetune.dev/member"
+# Set by the Job controller on every pod of an Indexed Job: the pod's index, which is the worker's node rank.
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+# Kueue's labels: a FineTuneJob carrying them passes them to its Jobs, which Kueue then queues and admits.
+KUEUE_PREFIX = "kueue.x-k8s.io/"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 APP = "finetune-operator"
 TRAINER = "trainer"
 EXPORTER = "exporter"
@@ -31,10 +36,6 @@ def service_name(job: str) -> str:
     return f"{job}-workers"
 
 
-def hostname(job: str, rank: int) -> str:
-    return f"{job}-workers-{rank}"
-
-
 def _group(attempt: int, member: int | None) -> str:
     return f"a{attempt}" if member is None else f"a{attempt}-m{member}"
 
@@ -43,8 +44,14 @@ def config_name(job: str, attempt: int, member: int | None = None) -> str:
     return f"{job}-{_group(attempt, member)}-config"
 
 
-def worker_name(job: str, attempt: int, rank: int, member: int | None = None) -> str:
-    return f"{job}-{_group(attempt, member)}-{rank}"
+def worker_job_name(job: str, attempt: int, member: int | None = None) -> str:
+    """The Indexed Job of one worker group: its pods' hostnames are ``<this>-<rank>`` (the Job controller sets
+    them from the index, under the workers' Service)."""
+    return f"{job}-{_group(attempt, member)}"
+
+
+def hostname(job: str, attempt: int, rank: int, member: int | None = None) -> str:
+    return f"{worker_job_name(job, attempt, member)}-{rank}"
 
 
 def worker_slots(job: api.FineTuneJob) -> list[tuple[int | None, int]]:
@@ -54,29 +61,27 @@ def worker_slots(job: api.FineTuneJob) -> list[tuple[int | None, int]]:
     return [(m, r) for m in groups for r in range(nodes)]
 
 
-def slot(job: api.FineTuneJob, member: int | None, rank: int) -> int:
-    """The pod's place among all the attempt's pods, which numbers its hostname."""
-    return (member or 0) * job.spec.resources.nodes + rank
-
-
 def export_name(job: str, n: int) -> str:
     return f"{job}-export-{n}"
 
 
-def rendezvous_endpoint(job: str, nodes: int, first: int = 0) -> str:
-    """c10d rendezvous host: the group's rank 0 pod DNS name (``first``: its hostname's number); a one-pod
-    group rendezvouses inside its pod."""
+def rendezvous_endpoint(job: str, attempt: int, nodes: int, member: int | None = None) -> str:
+    """c10d rendezvous host: the DNS name of the group's index-0 pod; a one-pod group rendezvouses inside its pod."""
     if nodes == 1:
         return "localhost:0"
-    return f"{hostname(job, first)}.{service_name(job)}:{RDZV_PORT}"
+    return f"{hostname(job, attempt, 0, member)}.{service_name(job)}:{RDZV_PORT}"
 
 
-def name_errors(job: str, nodes: int) -> list[str]:
-    """Reasons the children's DNS names would be invalid for this job name and pod count (nodes x members)."""
+# The longest worker hostname a job's name must leave room for: attempt numbers up to 9999, ten members.
+_ROOM_ATTEMPT, _ROOM_MEMBER = 9999, 9
+
+
+def name_errors(job: str, nodes: int, ensemble: bool = False) -> list[str]:
+    """Reasons the children's DNS names would be invalid for this job name and node count."""
     if job[:1] and not job[:1].isalpha():
         return [f"metadata.name: must start with a lowercase letter: the workers' Service {service_name(job)!r} "
                 f"must be a DNS-1035 label (for example 'ft-{job}')"]  # fmt: skip
-    longest = hostname(job, max(nodes - 1, 0))
+    longest = hostname(job, _ROOM_ATTEMPT, max(nodes - 1, 0), _ROOM_MEMBER if ensemble else None)
     if len(longest) > MAX_DNS_LABEL:
         room = MAX_DNS_LABEL - len(longest) + len(job)
         return [f"metadata.name: at most {room} characters for {nodes} worker pods (pod hostname {longest!r} is too "

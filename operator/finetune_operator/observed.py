@@ -1,6 +1,7 @@
-"""What the phase machine sees of a job's world, summarised by the caller: its pods (PodView, from the Pod
-objects kopf indexes), the published model as Triton reports it (Served), its progress record; why a pod
-failed, and whether retrying can help (classify); which version the export pod published."""
+"""What the phase machine sees of a job's world, summarised by the caller: its Jobs (JobView) and their pods
+(PodView), from the objects kopf indexes, Kueue's word on a queued Job (its Workload), the published model as
+Triton reports it (Served), its progress record; why a pod failed, and whether retrying can help (classify);
+which version the export pod published."""
 
 from __future__ import annotations
 
@@ -37,6 +38,10 @@ class PodView:
     owner_uid: str = ""  # the uid of the FineTuneJob that owns it
     waiting: str = ""  # why the pod cannot start yet (Unschedulable, ImagePullBackOff, ...), as the cluster says
     waiting_message: str = ""
+    # The reason of its DisruptionTarget condition (EvictionByEvictionAPI, PreemptionByScheduler,
+    # DeletionByTaintManager, DeletionByPodGC, TerminationByKubelet): it is being stopped, not failing.
+    disrupted: str = ""
+    disrupted_message: str = ""
 
     @property
     def finished(self) -> bool:
@@ -50,6 +55,9 @@ def pod_view(pod: dict[str, Any]) -> PodView:
     exit_code, reason, message = None, status.get("reason") or "", status.get("message") or ""
     running, failed = [], ""
     waiting, waiting_message = _waiting(status)
+    disruption = next((c for c in status.get("conditions") or []
+                       if c.get("type") == "DisruptionTarget" and c.get("status") == "True"), {})  # fmt: skip
+    index = lbl.get(names.INDEX_LABEL) or (meta.get("annotations") or {}).get(names.INDEX_LABEL)
     for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         state = cs.get("state") or {}
         if "running" in state:
@@ -66,7 +74,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         name=meta.get("name", ""),
         component=lbl.get(names.COMPONENT_LABEL, ""),
         attempt=_int(lbl.get(names.ATTEMPT_LABEL)),
-        rank=_int(lbl.get(names.RANK_LABEL)),
+        rank=_int(index if index is not None else lbl.get(names.RANK_LABEL)),
         member=_int(lbl[names.MEMBER_LABEL]) if names.MEMBER_LABEL in lbl else None,
         export=_int(lbl.get(names.EXPORT_LABEL)),
         phase=status.get("phase") or "Pending",
@@ -80,13 +88,88 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         owner_uid=next((o.get("uid", "") for o in meta.get("ownerReferences") or [] if o.get("controller")), ""),
         waiting=waiting,
         waiting_message=waiting_message,
+        disrupted=disruption.get("reason") or ("Disrupted" if disruption else ""),
+        disrupted_message=disruption.get("message") or "",
     )
 
 
-def owned(pods: list[PodView], uid: str) -> list[PodView]:
-    """The pods of this incarnation of the job: a job deleted and created again under the same name must not
-    adopt the old one's pods, still in their grace period (they carry the same labels and names)."""
-    return [p for p in pods if p.owner_uid == uid]
+@dataclass(frozen=True)
+class JobView:
+    """The facts of one child batch/v1 Job (a worker group or an export try) that the phase machine uses."""
+
+    name: str
+    component: str
+    uid: str = ""
+    attempt: int = 0
+    member: int | None = None
+    export: int = 0
+    suspended: bool = False
+    deleting: bool = False
+    complete: bool = False
+    failed: bool = False  # a Failed or FailureTarget condition: the Job controller has judged the group failed
+    failed_reason: str = ""  # BackoffLimitExceeded, PodFailurePolicy, DeadlineExceeded, ...
+    failed_message: str = ""
+    queued: bool = False  # it carries Kueue's queue-name label
+    owner_uid: str = ""
+
+
+def job_view(obj: dict[str, Any]) -> JobView:
+    """Summarise a Job object (as the API returns it) into a JobView."""
+    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+    lbl = meta.get("labels") or {}
+    conds = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    failed = conds.get("Failed") or conds.get("FailureTarget") or {}
+    return JobView(
+        name=meta.get("name", ""),
+        component=lbl.get(names.COMPONENT_LABEL, ""),
+        uid=meta.get("uid", ""),
+        attempt=_int(lbl.get(names.ATTEMPT_LABEL)),
+        member=_int(lbl[names.MEMBER_LABEL]) if names.MEMBER_LABEL in lbl else None,
+        export=_int(lbl.get(names.EXPORT_LABEL)),
+        suspended=bool(spec.get("suspend")),
+        deleting=bool(meta.get("deletionTimestamp")),
+        complete="Complete" in conds,
+        failed=bool(failed),
+        failed_reason=failed.get("reason") or "",
+        failed_message=failed.get("message") or "",
+        queued=names.QUEUE_LABEL in lbl,
+        owner_uid=next((o.get("uid", "") for o in meta.get("ownerReferences") or [] if o.get("controller")), ""),
+    )
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Kueue's word on a queued Job, from its Workload's conditions."""
+
+    admitted: bool = False
+    reason: str = ""  # Pending, Preempted, Evicted, ... (the condition's reason)
+    message: str = ""  # e.g. "couldn't assign flavors to pod set main: insufficient quota for cpu ..."
+    evicted: bool = False
+
+
+def admission(workload: dict[str, Any]) -> Admission:
+    """Summarise a Kueue Workload: admitted, or why not (QuotaReserved=False), or why it was evicted."""
+    conds = {c.get("type"): c for c in (workload.get("status") or {}).get("conditions") or []}
+    evicted = conds.get("Evicted") or {}
+    if evicted.get("status") == "True":
+        return Admission(False, evicted.get("reason") or "Evicted", evicted.get("message") or "", evicted=True)
+    admitted = conds.get("Admitted") or {}
+    if admitted.get("status") == "True":
+        return Admission(True, admitted.get("reason") or "Admitted", admitted.get("message") or "")
+    quota = conds.get("QuotaReserved") or {}
+    return Admission(False, quota.get("reason") or "Pending", quota.get("message") or "waiting for Kueue")
+
+
+def owned(jobs: list[JobView], uid: str) -> list[JobView]:
+    """The Jobs of this incarnation of the FineTuneJob: one deleted and created again under the same name must
+    not adopt the old one's children, still being deleted (they carry the same labels and names)."""
+    return [j for j in jobs if j.owner_uid == uid]
+
+
+def owned_pods(pods: list[PodView], jobs: list[JobView]) -> list[PodView]:
+    """The pods of these Jobs (a pod's controller is its Job)."""
+    uids = {j.uid for j in jobs}
+    return [p for p in pods if p.owner_uid in uids]
 
 
 # Waiting reasons of a container that starts normally: not worth a word in the job's status.
@@ -166,6 +249,11 @@ class Observed:
     server's refusal of the last child the caller tried to create."""
 
     pods: list[PodView] = field(default_factory=list)
+    jobs: list[JobView] = field(default_factory=list)
+    admissions: dict[str, Admission] = field(default_factory=dict)  # by Job name: Kueue's word on queued Jobs
+    # By Job name: the Job controller's last FailedCreate warning (a quota, a LimitRange or Pod Security refused
+    # its pods), for Jobs with fewer pods than they should have.
+    create_failures: dict[str, str] = field(default_factory=dict)
     progress: dict[str, Any] | None = None
     served: Served | None = None
     refused: Refusal | None = None
@@ -173,20 +261,34 @@ class Observed:
     ensemble_metrics: dict[str, Any] | None = None  # its combine step's held-out metrics (ensemble/metrics.json)
 
 
+def create_failure_reason(message: str) -> str:
+    """The job's reason for a FailedCreate event of its Job (what the API server told the Job controller)."""
+    text = message.lower()
+    if "exceeded quota" in text:
+        return "QuotaExceeded"
+    if "podsecurity" in text:
+        return "PodSecurityViolation"
+    return "FailedCreate"
+
+
 @dataclass(frozen=True)
 class Failure:
     permanent: bool
     reason: str
     message: str
+    disruption: bool = False  # the cluster stopped it (eviction, drain, lost node): not the job's failure
 
 
 def classify(pod: PodView) -> Failure | None:
     """Why a pod failed, and whether retrying can help; None when it has not failed."""
+    if pod.disrupted:
+        said = f": {pod.disrupted_message}" if pod.disrupted_message else ""
+        return Failure(False, "Disrupted", f"pod {pod.name} was disrupted ({pod.disrupted}){said}", disruption=True)
     if pod.deleting:
         return Failure(False, "PodDeleted", f"pod {pod.name} was deleted")
     if pod.reason in ("Evicted", "Preempting") or pod.phase == "Unknown" or pod.reason == "NodeLost":
         why = "NodeLost" if pod.phase == "Unknown" or pod.reason == "NodeLost" else "Evicted"
-        return Failure(False, why, f"pod {pod.name}: {pod.message or why}")
+        return Failure(False, why, f"pod {pod.name}: {pod.message or why}", disruption=True)
     if pod.phase != "Failed":
         return None
     code = pod.exit_code
@@ -202,6 +304,20 @@ def classify(pod: PodView) -> Failure | None:
         return Failure(False, "Killed", f"pod {pod.name} was stopped by a signal (exit code {code})")
     tail = f": {said.error}" if said.error else ""
     return Failure(False, "WorkerFailed", f"pod {pod.name} failed with exit code {code}{tail}")
+
+
+_EXIT_CODE = re.compile(r"exit code (-?\d+)")
+
+
+def job_failure(job: JobView, default: str = "WorkerFailed") -> Failure:
+    """Why a Job failed, from its Failed condition, when its failed pods are no longer there to say."""
+    said = job.failed_message or job.failed_reason or "failed"
+    if "DisruptionTarget" in said:
+        return Failure(False, "Disrupted", f"job {job.name}: {said}", disruption=True)
+    code = _EXIT_CODE.search(said)
+    if code and int(code.group(1)) in contract.PERMANENT_EXITS:
+        return Failure(True, "InvalidInput", f"job {job.name}: {said} (bad input); see `finetune logs`")
+    return Failure(False, default, f"job {job.name}: {said}")
 
 
 def wants_confirmation(status: dict | None, pods: list[PodView]) -> bool:

@@ -31,11 +31,17 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     # Children carry blockOwnerDeletion: the API server (OwnerReferencesPermissionEnforcement) lets only who may
     # update the owner's finalizers set it.
     Rule(("finetune.dev",), ("finetunejobs/finalizers",), ("update",)),
-    Rule(("",), ("pods",), (*READ, "create", "delete", "patch")),
+    Rule(("batch",), ("jobs",), (*READ, "create", "delete")),
+    # Pods: watched; deleted with grace 0 when a lost node cannot finish their deletion; an older operator's
+    # own worker pods are deleted.
+    Rule(("",), ("pods",), (*READ, "delete", "patch")),
     Rule(("",), ("services", "configmaps"), (*READ, "create", "delete")),
     Rule(("",), ("pods/log",), ("get",)),
-    Rule(("",), ("events",), EVENT_VERBS),
+    # Events: posted about FineTuneJobs; read for the Job controller's FailedCreate warnings about its pods.
+    Rule(("",), ("events",), (*EVENT_VERBS, "list")),
     Rule(("events.k8s.io",), ("events",), EVENT_VERBS),
+    # Kueue's word on a queued Job (why it waits, or that it was preempted); where Kueue is absent, unused.
+    Rule(("kueue.x-k8s.io",), ("workloads",), ("get", "list")),
 )
 
 # What kopf itself needs to serve all namespaces: notice CRD changes and new namespaces.

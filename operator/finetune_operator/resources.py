@@ -2,18 +2,21 @@
 
 Children of one job, all owned by it (ownerReferences) and labelled for selection:
 
-- ``<job>-workers``: a headless Service; each worker pod's hostname ``<job>-workers-<rank>`` resolves through it,
-  so rank 0 is the c10d rendezvous host ``<job>-workers-0.<job>-workers:29400``.
+- ``<job>-workers``: a headless Service under which every worker pod's hostname resolves.
 - ``<job>-a<attempt>-config``: a ConfigMap with the TrainerConfig JSON of that attempt.
-- ``<job>-a<attempt>-<rank>``: one worker pod per node running ``torchrun --nnodes=N --nproc-per-node=G``.
-  A new attempt (after a failure or a resume) gets new pods; the trainer resumes from the newest checkpoint.
-- ``<job>-export-<n>``: the export pod: exports the trained model (init container, reading it from the job's
-  output, local or S3) and publishes it into the Triton repository (main container).
+- ``<job>-a<attempt>``: one batch/v1 Indexed Job per attempt, ``resources.nodes`` pods (completions =
+  parallelism), each running ``torchrun --nnodes=N --nproc-per-node=G``; pod ``i`` is node rank ``i`` with
+  hostname ``<job>-a<attempt>-<i>``, and index 0 hosts the c10d rendezvous. The Job's pod failure policy fails
+  the attempt at the first failed pod (``backoffLimit: 0``): a DDP group cannot lose a member, so the operator
+  replaces the whole group from the latest checkpoint. A FineTuneJob labelled ``kueue.x-k8s.io/queue-name``
+  creates its Jobs suspended, with Kueue's labels, for Kueue to admit as one gang.
+- ``<job>-export-<n>``: the export Job (one pod): exports the trained model (init containers, reading it from the
+  job's output, local or S3) and publishes it into the Triton repository (main container).
 
 With ``spec.ensemble`` each member is its own worker group of the same attempt, side by side:
-``<job>-a<attempt>-m<k>-config`` and ``<job>-a<attempt>-m<k>-<rank>`` (label ``finetune.dev/member``), its own
-rendezvous (id ``<uid>-<attempt>-m<k>``, on host ``<job>-workers-<k x nodes>``), checkpoints and progress in
-``<job storage>/members/<k>`` and model in ``<output>/members/<k>``; the export pod exports every member and
+``<job>-a<attempt>-m<k>-config`` and the Job ``<job>-a<attempt>-m<k>`` (label ``finetune.dev/member``), its own
+rendezvous (id ``<uid>-<attempt>-m<k>``, on its index-0 pod), checkpoints and progress in
+``<job storage>/members/<k>`` and model in ``<output>/members/<k>``; the export Job exports every member and
 combines them into one model (``finetune_trainer.ensemble``).
 """
 
@@ -29,18 +32,17 @@ from finetune_operator.names import (
     COMPONENT_LABEL,
     EXPORTER,
     JOB_LABEL,
+    KUEUE_PREFIX,
+    QUEUE_LABEL,
     TRAINER,
     config_name,
     export_name,
-    hostname,
     labels,
     name_errors,
     owner_reference,
     rendezvous_endpoint,
     service_name,
-    slot,
-    worker_name,
-    worker_slots,
+    worker_job_name,
 )
 from finetune_operator.settings import RDZV_PORT, Settings
 from finetune_operator.steps import export_args, publish_args, trainer_config
@@ -55,7 +57,7 @@ RUN_AS = 1000
 
 def spec_errors(job: api.FineTuneJob, settings: Settings) -> list[str]:
     """What a valid spec still cannot do on this cluster, one message per field."""
-    errors = name_errors(job.metadata.name, len(worker_slots(job)))
+    errors = name_errors(job.metadata.name, job.spec.resources.nodes, ensemble=job.spec.ensemble is not None)
     if not job.spec.checkpoint.storage and not settings.default_storage:
         errors.append(
             "spec.checkpoint.storage: required on a cluster (pods are ephemeral; checkpoints, progress and the "
@@ -141,14 +143,16 @@ def _container_security() -> dict[str, Any]:
     }
 
 
-def _resources(res: api.Resources, *, gpus: bool = True) -> dict[str, Any]:
+def _resources(res: api.Resources, *, gpus: int | None = None) -> dict[str, Any]:
+    """Requests = limits: cpu and memory as the spec asks, ``gpus`` GPUs (default: gpusPerNode)."""
     amounts: dict[str, str] = {}
     if res.cpu:
         amounts["cpu"] = res.cpu
     if res.memory:
         amounts["memory"] = res.memory
-    if gpus and res.gpus_per_node:
-        amounts["nvidia.com/gpu"] = str(res.gpus_per_node)
+    count = res.gpus_per_node if gpus is None else min(gpus, res.gpus_per_node)
+    if count:
+        amounts["nvidia.com/gpu"] = str(count)
     return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
 
 
@@ -171,6 +175,10 @@ def _pod_spec(job: api.FineTuneJob, settings: Settings, containers: list[dict], 
         spec["affinity"] = tpl.affinity
     if tpl.priority_class_name:
         spec["priorityClassName"] = tpl.priority_class_name
+    if tpl.scheduler_name:
+        spec["schedulerName"] = tpl.scheduler_name
+    if tpl.runtime_class_name:
+        spec["runtimeClassName"] = tpl.runtime_class_name
     if tpl.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": s} for s in tpl.image_pull_secrets]
     return spec
@@ -269,7 +277,7 @@ def service(job: api.FineTuneJob, uid: str) -> dict[str, Any]:
 
 def worker_command(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings,
                    member: int | None = None) -> list[str]:  # fmt: skip
-    """A worker pod's torchrun: one of ``nodes`` agents meeting at its group's rank 0 c10d rendezvous."""
+    """A worker pod's torchrun: one of ``nodes`` agents meeting at its group's index-0 pod's c10d rendezvous."""
     res = job.spec.resources
     rdzv_id = f"{uid}-{attempt}" if member is None else f"{uid}-{attempt}-m{member}"
     return [
@@ -277,7 +285,7 @@ def worker_command(job: api.FineTuneJob, uid: str, attempt: int, settings: Setti
         f"--nnodes={res.nodes}",
         f"--nproc-per-node={res.procs}",
         "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={rendezvous_endpoint(job.metadata.name, res.nodes, slot(job, member, 0))}",
+        f"--rdzv-endpoint={rendezvous_endpoint(job.metadata.name, attempt, res.nodes, member)}",
         f"--rdzv-id={rdzv_id}",
         f"--max-restarts={settings.torchrun_max_restarts}",
         "-m",
@@ -288,14 +296,15 @@ def worker_command(job: api.FineTuneJob, uid: str, attempt: int, settings: Setti
     ]
 
 
-def worker_pod(job: api.FineTuneJob, uid: str, attempt: int, rank: int, settings: Settings,
-               member: int | None = None) -> dict[str, Any]:  # fmt: skip
+def worker_pod_template(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings,
+                        member: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """The pod template of a worker group's Job: the same for every rank (the Job controller sets the index)."""
     name = job.metadata.name
     res = job.spec.resources
     env = [
         {"name": contract.ENV_JOB, "value": name},
         {"name": contract.ENV_ATTEMPT, "value": str(attempt)},
-        {"name": contract.ENV_NODE_INDEX, "value": str(rank)},
+        {"name": contract.ENV_NODE_INDEX, "valueFrom": {"fieldRef": {"fieldPath": INDEX_FIELD}}},
         *s3_env(job.spec.checkpoint.s3),
     ]
     if not res.gpus_per_node and res.cpu:
@@ -323,11 +332,69 @@ def worker_pod(job: api.FineTuneJob, uid: str, attempt: int, rank: int, settings
         {"name": "dshm", "emptyDir": shm},
     ]
     spec = _pod_spec(job, settings, [container], volumes)
-    spec["hostname"] = hostname(name, slot(job, member, rank))
-    spec["subdomain"] = service_name(name)
-    extra = {"attempt": attempt, "rank": rank} | ({} if member is None else {"member": member})
-    meta = _metadata(job, uid, worker_name(name, attempt, rank, member), labels(name, TRAINER, **extra))
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+    spec["subdomain"] = service_name(name)  # an Indexed Job's pod i is then <job name>-i.<service>
+    extra = {"attempt": attempt} | ({} if member is None else {"member": member})
+    meta = _metadata(job, uid, "", labels(name, TRAINER, **extra))
+    return {"metadata": {k: v for k, v in meta.items() if k in ("labels", "annotations")}, "spec": spec}
+
+
+# The pod's index, as the Job controller writes it into an Indexed Job's pods.
+INDEX_FIELD = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+
+
+def failure_policy(containers: list[str]) -> dict[str, Any]:
+    """The Job fails at once when the trainer says its input is bad (exit 2), and when a pod is disrupted (an
+    eviction, a drain, a preempting pod, a lost node): the operator restarts the whole group itself, without
+    spending backoffLimit on a disruption. Any other failure fails it too (``backoffLimit: 0``)."""
+    rules: list[dict[str, Any]] = [
+        {"action": "FailJob", "onExitCodes": {"containerName": c, "operator": "In",
+                                              "values": sorted(contract.PERMANENT_EXITS)}}
+        for c in containers
+    ]  # fmt: skip
+    rules.append({"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]})
+    return {"rules": rules}
+
+
+def _job(job: api.FineTuneJob, uid: str, name: str, lbls: dict[str, str], template: dict[str, Any],
+         kueue: dict[str, str], *, pods: int, indexed: bool, deadline: int | None,
+         containers: list[str]) -> dict[str, Any]:  # fmt: skip
+    """A batch/v1 Job around ``template``: ``pods`` pods that must all succeed, failing at the first failure."""
+    meta = _metadata(job, uid, name, {**kueue, **lbls})  # on the Job only: Kueue manages the Job, not its pods
+    spec: dict[str, Any] = {
+        "completions": pods,
+        "parallelism": pods,
+        "backoffLimit": 0,
+        # A new pod only once the old one has stopped (the default with a pod failure policy, stated).
+        "podReplacementPolicy": "Failed",
+        "podFailurePolicy": failure_policy(containers),
+        # Queued by Kueue: created suspended, admitted (unsuspended) by Kueue as one gang of ``pods`` pods.
+        "suspend": QUEUE_LABEL in kueue,
+        "template": template,
+    }
+    if indexed:
+        spec["completionMode"] = "Indexed"
+    if deadline is not None:
+        spec["activeDeadlineSeconds"] = max(int(deadline), 1)
+    if job.spec.ttl_seconds_after_finished is not None:
+        spec["ttlSecondsAfterFinished"] = job.spec.ttl_seconds_after_finished
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
+
+
+def kueue_labels(job_labels: dict[str, str] | None) -> dict[str, str]:
+    """The FineTuneJob's Kueue labels (queue-name, priority-class), which its Jobs carry for Kueue."""
+    return {k: v for k, v in (job_labels or {}).items() if k.startswith(KUEUE_PREFIX)}
+
+
+def worker_job(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings, member: int | None = None, *,
+               job_labels: dict[str, str] | None = None, deadline: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """One worker group: an Indexed Job of ``resources.nodes`` pods (``deadline``: the seconds of
+    activeDeadlineSeconds the FineTuneJob has left)."""
+    name = job.metadata.name
+    extra = {"attempt": attempt} | ({} if member is None else {"member": member})
+    template = worker_pod_template(job, uid, attempt, settings, member)
+    return _job(job, uid, worker_job_name(name, attempt, member), labels(name, TRAINER, **extra), template,
+                kueue_labels(job_labels), pods=job.spec.resources.nodes, indexed=True, deadline=deadline,
+                containers=["trainer"])  # fmt: skip
 
 
 def _threads(cpu: str, procs: int) -> int:
@@ -339,16 +406,17 @@ def _threads(cpu: str, procs: int) -> int:
     return max(1, int(cores // max(procs, 1)))
 
 
-def worker_group(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings, *,
-                 legacy_layout: bool = False) -> list[dict[str, Any]]:  # fmt: skip
-    """Everything one training attempt needs, in creation order: config, service, one pod per node; with an
-    ensemble, a config per member and one pod per node of every member (each member its own worker group)."""
-    pods = [worker_pod(job, uid, attempt, r, settings, m) for m, r in worker_slots(job)]
+def worker_group(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings, *, legacy_layout: bool = False,
+                 job_labels: dict[str, str] | None = None, deadline: int | None = None) -> list[dict[str, Any]]:
+    """Everything one training attempt needs, in creation order: config, service, the workers' Job; with an
+    ensemble, a config and a Job per member (each member its own worker group)."""
     ms = members(job)
     configs = [config_map(job, uid, attempt, settings, legacy_layout=legacy_layout, member=m) for m in ms] or [
         config_map(job, uid, attempt, settings, legacy_layout=legacy_layout)
     ]
-    return [*configs, service(job, uid), *pods]
+    jobs = [worker_job(job, uid, attempt, settings, m.index, job_labels=job_labels, deadline=deadline)
+            for m in ms] or [worker_job(job, uid, attempt, settings, job_labels=job_labels, deadline=deadline)]
+    return [*configs, service(job, uid), *jobs]
 
 
 # --- export and publication ---------------------------------------------------------------------------------
@@ -373,7 +441,7 @@ def export_containers(job: api.FineTuneJob, uid: str, settings: Settings, *,
         steps.append(_container(job, settings, "combine", [*py, *_combine(job, uid, settings, legacy_layout)],
                                 storage_env))
     for step in steps:
-        step["resources"] = _resources(job.spec.resources)
+        step["resources"] = _resources(job.spec.resources, gpus=1)
     publish = [*py, *publish_args(job, f"{WORK_DIR}/export", gpu=bool(job.spec.resources.gpus_per_node), key=uid)]
     publisher = _container(job, settings, "publish", publish, s3_env(job.spec.serving.s3) or storage_env)
     return steps, publisher
@@ -390,12 +458,17 @@ def _combine(job: api.FineTuneJob, uid: str, settings: Settings, legacy_layout: 
     return combine_args(job, exports, f"{WORK_DIR}/export", config_json=config, metrics_to=metrics)
 
 
-def export_pod(job: api.FineTuneJob, uid: str, n: int, settings: Settings, *,
-               legacy_layout: bool = False) -> dict[str, Any]:  # fmt: skip
-    """One pod that exports the trained model (init containers) and then publishes it (main container)."""
+def export_job(job: api.FineTuneJob, uid: str, n: int, settings: Settings, *, legacy_layout: bool = False,
+               job_labels: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Export try ``n``: a Job of one pod that exports the trained model (init containers) and then publishes it
+    (main container). It asks for the job's cpu and memory and at most one GPU (TensorRT builds on one)."""
     name = job.metadata.name
     steps, publisher = export_containers(job, uid, settings, legacy_layout=legacy_layout)
     spec = _pod_spec(job, settings, [publisher], [{"name": "work", "emptyDir": {}}])
     spec["initContainers"] = steps
-    meta = _metadata(job, uid, export_name(name, n), labels(name, EXPORTER, export=n))
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+    lbls = labels(name, EXPORTER, export=n)
+    meta = _metadata(job, uid, "", lbls)
+    template = {"metadata": {k: v for k, v in meta.items() if k in ("labels", "annotations")}, "spec": spec}
+    containers = [c["name"] for c in (*steps, publisher)]
+    return _job(job, uid, export_name(name, n), lbls, template, kueue_labels(job_labels), pods=1, indexed=False,
+                deadline=None, containers=containers)  # fmt: skip

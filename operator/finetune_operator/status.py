@@ -16,11 +16,13 @@ from finetune_trainer.contract import ProgressRecord
 PENDING, RUNNING, RESTARTING = "Pending", "Running", "Restarting"
 EXPORTING, PUBLISHING = "Exporting", "Publishing"
 SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
-PHASES = (PENDING, RUNNING, RESTARTING, EXPORTING, PUBLISHING, SUCCEEDED, FAILED, SUSPENDED)
-CONDITION_TYPES = ("Training", "Publishing", "Suspended", "Succeeded", "Failed")
+QUEUED = "Queued"
+PHASES = (QUEUED, PENDING, RUNNING, RESTARTING, EXPORTING, PUBLISHING, SUCCEEDED, FAILED, SUSPENDED)
+CONDITION_TYPES = ("Queued", "Training", "Publishing", "Suspended", "Succeeded", "Failed")
 
-Phase = Literal["Pending", "Running", "Restarting", "Exporting", "Publishing", "Succeeded", "Failed", "Suspended"]
-ConditionType = Literal["Training", "Publishing", "Suspended", "Succeeded", "Failed"]
+Phase = Literal["Queued", "Pending", "Running", "Restarting", "Exporting", "Publishing", "Succeeded", "Failed",
+                "Suspended"]  # fmt: skip
+ConditionType = Literal["Queued", "Training", "Publishing", "Suspended", "Succeeded", "Failed"]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 TIME = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"
 Time = Annotated[str, Field(pattern=TIME)]
@@ -90,8 +92,17 @@ class FineTuneJobStatus(Section):
     )  # fmt: skip
     progress: Progress | None = None
     metrics: dict[str, Finite] = Field(default_factory=dict, description="Latest training and evaluation metrics.")
-    restarts: int = Field(0, ge=0)
+    restarts: int = Field(0, ge=0, description="Worker-group restarts after failures; spent against backoffLimit.")
+    disruptions: int = Field(
+        0, ge=0, description="Worker-group restarts after an eviction, a drain or a lost node: not spent against "
+        "backoffLimit."
+    )  # fmt: skip
     attempt: int = Field(0, ge=0)
+    active_seconds: Finite = Field(
+        0.0, ge=0, description="Time spent admitted (not Queued or Suspended) before active_since: what "
+        "activeDeadlineSeconds counts."
+    )  # fmt: skip
+    active_since: Time | None = Field(None, description="When the job last became admitted; absent while queued.")
     start_time: Time | None = None
     completion_time: Time | None = None
     model: ModelStatus | None = None
@@ -116,6 +127,7 @@ def parse_time(raw: str | None) -> datetime | None:
 
 CONDITIONS = {
     # phase -> (condition type that is True, reason); every other type of this list turns False.
+    QUEUED: ("Queued", "Queued"),
     PENDING: ("Training", "Starting"),
     RUNNING: ("Training", "Running"),
     RESTARTING: ("Training", "Restarting"),

@@ -18,6 +18,7 @@ import yaml
 from finetune_operator import api, resources
 from finetune_operator.settings import Settings
 from tests.fixtures.observability import ROOT, helm_template
+from tests.unit.pss import job_pods as pods_of_jobs
 from tests.unit.pss import restricted_violations
 
 K8S = kubernetes_validate.latest_version()
@@ -61,8 +62,7 @@ def job_pods() -> list[dict]:
     ]
     pods = []
     for j in jobs:
-        pods += [c for c in resources.worker_group(j, UID, 1, SETTINGS) if c["kind"] == "Pod"]
-        pods.append(resources.export_pod(j, UID, 1, SETTINGS))
+        pods += pods_of_jobs([*resources.worker_group(j, UID, 1, SETTINGS), resources.export_job(j, UID, 1, SETTINGS)])
     return pods
 
 
@@ -208,8 +208,9 @@ def test_triton_control_ports_admit_only_the_operator_and_its_export_pods(charts
     assert not _selects(policy["spec"]["podSelector"], operator["metadata"]["labels"])
 
     j = job("sent", "team-a", serving=SERVING)
-    exporter, worker = resources.export_pod(j, UID, 1, SETTINGS), resources.worker_pod(j, UID, 1, 0, SETTINGS)
-    elsewhere = resources.export_pod(job("sent", "team-b", serving=SERVING), UID, 1, SETTINGS)
+    (worker, exporter) = pods_of_jobs([*resources.worker_group(j, UID, 1, SETTINGS), resources.export_job(j, UID, 1,
+                                                                                                     SETTINGS)])
+    (elsewhere,) = pods_of_jobs([resources.export_job(job("sent", "team-b", serving=SERVING), UID, 1, SETTINGS)])
     stranger = {"metadata": {"namespace": "team-a", "labels": {"app": "web"}}}
     for port in ("http", "grpc"):
         assert admits(policy, _pod(operator, "finetune-system"), port), f"operator -> {port}"
@@ -264,10 +265,10 @@ def test_only_the_publish_step_calls_triton_model_control() -> None:
                     callers.add(str(path.relative_to(package.parent)))
     assert callers == {"finetune_trainer/triton_load.py"}, callers
     j = job("sent", "team-a", serving=SERVING)
+    children = [*resources.worker_group(j, UID, 1, SETTINGS), resources.export_job(j, UID, 1, SETTINGS)]
     publishers = [
         c["name"]
-        for pod in [*resources.worker_group(j, UID, 1, SETTINGS), resources.export_pod(j, UID, 1, SETTINGS)]
-        if pod["kind"] == "Pod"
+        for pod in pods_of_jobs(children)
         for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
         if "publish" in c["command"]
     ]

@@ -111,3 +111,15 @@ def restricted_violations(spec: dict[str, Any], annotations: dict[str, str] | No
         if added - RESTRICTED_CAPABILITIES:
             out.append(f"spec.{where}.securityContext.capabilities.add: only NET_BIND_SERVICE, got {sorted(added)}")
     return out
+
+
+def job_pods(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pods the Job controller makes from each Job among ``children``: its pod template, in the Job's
+    namespace, named after the Job (its pods' generated names start with it)."""
+    return [
+        {"apiVersion": "v1", "kind": "Pod",
+         "metadata": {**c["spec"]["template"]["metadata"], "name": c["metadata"]["name"],
+                      "namespace": c["metadata"]["namespace"]},
+         "spec": c["spec"]["template"]["spec"]}
+        for c in children if c["kind"] == "Job"
+    ]  # fmt: skip

@@ -10,17 +10,31 @@ import pytest
 
 from finetune_operator import lifecycle as L
 from finetune_operator.decision import Decision
-from finetune_operator.observed import Observed, Refusal, owned, pod_view
-from tests.unit.test_lifecycle import META, SETTINGS, T0, condition, created, spec, step, worker
+from finetune_operator.observed import JobView, Observed, Refusal, job_view, owned, pod_view
+from tests.unit.test_lifecycle import (
+    META,
+    SETTINGS,
+    T0,
+    condition,
+    created,
+    jobs_of,
+    owned_by_jobs,
+    spec,
+    step,
+    worker,
+)
 
-QUOTA = Refusal(403, "Pod", "sentiment-a1-0", 'pods "sentiment-a1-0" is forbidden: exceeded quota: gpu, '
-                "requested: requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=0, limited: "
-                "requests.nvidia.com/gpu=0")  # fmt: skip
-INVALID = Refusal(422, "Pod", "sentiment-a1-0", 'Pod "sentiment-a1-0" is invalid: spec.containers[0].image: Required')
+QUOTA = Refusal(403, "Job", "sentiment-a1", 'jobs.batch "sentiment-a1" is forbidden: exceeded quota: jobs, '
+                "requested: count/jobs.batch=1, used: count/jobs.batch=10, limited: count/jobs.batch=10")  # fmt: skip
+INVALID = Refusal(422, "Job", "sentiment-a1", 'Job.batch "sentiment-a1" is invalid: '
+                  "spec.template.spec.containers[0].image: Required")  # fmt: skip
+POD_QUOTA = ('Error creating: pods "sentiment-a1-0-x7k2p" is forbidden: exceeded quota: gpu, requested: '
+             "requests.nvidia.com/gpu=4, used: requests.nvidia.com/gpu=0, limited: requests.nvidia.com/gpu=2")
 
 
 def refused_step(status: dict, refusal: Refusal, pods=(), at: float = 1, s: dict | None = None) -> Decision:
-    observed = Observed(pods=list(pods), refused=refusal)
+    pods = owned_by_jobs(list(pods))
+    observed = Observed(pods=pods, jobs=jobs_of(pods), refused=refusal)
     return L.reconcile(META, s or spec(), status, observed, T0 + timedelta(seconds=at), SETTINGS)
 
 
@@ -28,7 +42,7 @@ def refused_step(status: dict, refusal: Refusal, pods=(), at: float = 1, s: dict
     ("refusal", "reason", "permanent"),
     [
         (QUOTA, "QuotaExceeded", False),
-        (Refusal(403, "Pod", "p", 'pods "p" is forbidden: violates PodSecurity "restricted:latest"'),
+        (Refusal(403, "Job", "p", 'jobs.batch "p" is forbidden: violates PodSecurity "restricted:latest"'),
          "PodSecurityViolation", False),
         (Refusal(403, "Pod", "p", "maximum cpu usage per Container is 1, but limit is 2"), "Forbidden", False),
         (Refusal(429, "Pod", "p", "Too many requests"), "ApiUnavailable", False),
@@ -45,11 +59,11 @@ def test_a_quota_refusal_shows_in_status_once_and_the_create_is_retried() -> Non
     first = step(None)
     d = refused_step(first.status, QUOTA)
     assert d.status["phase"] == "Pending" and d.status["reason"] == "QuotaExceeded"
-    assert "cannot create Pod sentiment-a1-0: HTTP 403" in d.status["message"]
-    assert "exceeded quota: gpu" in d.status["message"]
+    assert "cannot create Job sentiment-a1: HTTP 403" in d.status["message"]
+    assert "exceeded quota: jobs" in d.status["message"]
     assert condition(d.status, "Training")["reason"] == "QuotaExceeded"
     assert [(e.type, e.reason) for e in d.events] == [("Warning", "QuotaExceeded")]
-    assert "Pod/sentiment-a1-0" in created(d)  # tried again (the caller waits between tries)
+    assert "Job/sentiment-a1" in created(d)  # tried again (the caller waits between tries)
     again = refused_step(d.status, QUOTA, at=40)
     assert again.events == [] and again.status["reason"] == "QuotaExceeded"
     assert again.status.get("restarts") == 0  # waiting for quota spends no restart
@@ -66,8 +80,8 @@ def test_once_the_group_is_created_the_refusal_clears() -> None:
 def test_an_invalid_child_fails_the_job_naming_the_api_servers_answer() -> None:
     d = refused_step(step(None).status, INVALID, pods=[worker(1)])
     assert d.status["phase"] == "Failed" and d.status["reason"] == "InvalidChild"
-    assert "spec.containers[0].image: Required" in d.status["message"]
-    assert ("pods", "sentiment-a1-1") in d.delete
+    assert "spec.template.spec.containers[0].image: Required" in d.status["message"]
+    assert ("jobs", "sentiment-a1") in d.delete
     assert [(e.type, e.reason) for e in d.events] == [("Warning", "InvalidChild")]
 
 
@@ -77,12 +91,23 @@ def test_a_refused_export_pod_is_shown_and_created_again() -> None:
     status = step(step(None, s=serving).status, [worker(0), worker(1)], at=1, s=serving).status
     exporting = step(status, done, at=2, s=serving).status
     assert exporting["phase"] == "Exporting"
-    limit = Refusal(403, "Pod", "sentiment-export-1", 'pods "sentiment-export-1" is forbidden: maximum memory '
-                    "usage per Container is 4Gi, but limit is 8Gi")  # fmt: skip
+    limit = Refusal(403, "Job", "sentiment-export-1", 'jobs.batch "sentiment-export-1" is forbidden: maximum '
+                    "memory usage per Container is 4Gi, but limit is 8Gi")  # fmt: skip
     d = refused_step(exporting, limit, pods=done, at=3, s=serving)
     assert (d.status["phase"], d.status["reason"]) == ("Exporting", "Forbidden")
     assert "maximum memory usage per Container is 4Gi" in d.status["message"]
-    assert created(d) == ["Pod/sentiment-export-1"]
+    assert created(d) == ["Job/sentiment-export-1"]
+
+
+def test_pods_the_api_server_refuses_the_job_controller_show_in_status() -> None:
+    """A ResourceQuota or LimitRange refuses the Job controller's pods: its FailedCreate warning is the reason."""
+    first = step(None)
+    observed = Observed(jobs=jobs_of([worker(0)]), create_failures={"sentiment-a1": POD_QUOTA})
+    d = L.reconcile(META, spec(), first.status, observed, T0 + timedelta(seconds=5), SETTINGS)
+    assert (d.status["phase"], d.status["reason"]) == ("Pending", "QuotaExceeded")
+    assert d.status["message"] == f"job sentiment-a1 cannot create its pods: {POD_QUOTA}"
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", "QuotaExceeded")]
+    assert d.status["restarts"] == 0 and not d.create
 
 
 def pod(status: dict) -> dict:
@@ -136,11 +161,31 @@ def test_a_restarted_group_that_cannot_be_scheduled_says_so() -> None:
     assert (d.status["phase"], d.status["reason"]) == ("Restarting", "ImagePullBackOff")
 
 
-def test_only_pods_owned_by_this_incarnation_of_the_job_are_seen() -> None:
-    def owned_pod(uid: str) -> dict:
+def test_only_jobs_owned_by_this_incarnation_of_the_job_are_seen() -> None:
+    def owned_job(uid: str) -> dict:
         ref = {"kind": "FineTuneJob", "name": "sentiment", "uid": uid, "controller": True}
-        return {"metadata": {"name": f"sentiment-a1-{uid}", "ownerReferences": [ref]}, "status": {}}
+        return {"metadata": {"name": "sentiment-a1", "uid": f"job-{uid}", "ownerReferences": [ref]}, "status": {}}
 
-    old, new = pod_view(owned_pod("uid-old")), pod_view(owned_pod("uid-new"))
+    old, new = job_view(owned_job("uid-old")), job_view(owned_job("uid-new"))
     assert (old.owner_uid, new.owner_uid) == ("uid-old", "uid-new")
     assert owned([old, new], "uid-new") == [new]
+
+
+def test_job_and_pod_views_read_what_the_job_controller_and_kueue_write() -> None:
+    job = job_view({
+        "metadata": {"name": "sentiment-a2", "uid": "j2", "labels": {
+            "app.kubernetes.io/component": "trainer", "finetune.dev/attempt": "2",
+            "kueue.x-k8s.io/queue-name": "team-a"}},
+        "spec": {"suspend": True},
+        "status": {"conditions": [{"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy",
+                                   "message": "Container trainer for pod ml/p failed with exit code 2"}]},
+    })  # fmt: skip
+    assert job == JobView("sentiment-a2", "trainer", uid="j2", attempt=2, suspended=True, failed=True,
+                          failed_reason="PodFailurePolicy", failed_message="Container trainer for pod ml/p failed "
+                          "with exit code 2", queued=True)  # fmt: skip
+    pod = pod_view({
+        "metadata": {"name": "sentiment-a2-1-abcde", "labels": {"batch.kubernetes.io/job-completion-index": "1"}},
+        "status": {"phase": "Running", "conditions": [{"type": "DisruptionTarget", "status": "True",
+                   "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}]},
+    })  # fmt: skip
+    assert (pod.rank, pod.disrupted, pod.disrupted_message) == (1, "EvictionByEvictionAPI", "Eviction API: evicting")

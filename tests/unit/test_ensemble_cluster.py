@@ -1,5 +1,5 @@
-"""spec.ensemble on a cluster: one worker group per member (config, pods, rendezvous, storage prefix), one
-export pod that exports every member and combines them, and the phase machine and status over all members."""
+"""spec.ensemble on a cluster: one worker group per member (config, Job, rendezvous, storage prefix), one
+export Job that exports every member and combines them, and the phase machine and status over all members."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from finetune_operator import api, ensemble_status, names, resources
 from finetune_operator import lifecycle as L
 from finetune_operator.decision import Decision, JobMeta
-from finetune_operator.observed import Observed, PodView, pod_view
+from finetune_operator.observed import JobView, Observed, PodView
 from finetune_operator.settings import Settings
 from finetune_trainer.config import TrainerConfig
 
@@ -36,9 +36,9 @@ def job(spec: dict[str, Any] = SPEC) -> api.FineTuneJob:
 def test_one_worker_group_per_member() -> None:
     children = resources.worker_group(job(), UID, 4, SETTINGS)
     configs = [c for c in children if c["kind"] == "ConfigMap"]
-    pods = [c for c in children if c["kind"] == "Pod"]
+    jobs = [c for c in children if c["kind"] == "Job"]
     assert [c["metadata"]["name"] for c in configs] == [f"reviews-a4-m{k}-config" for k in range(3)]
-    assert [p["metadata"]["name"] for p in pods] == [f"reviews-a4-m{k}-{r}" for k in range(3) for r in range(2)]
+    assert [j["metadata"]["name"] for j in jobs] == [f"reviews-a4-m{k}" for k in range(3)]
     assert len([c for c in children if c["kind"] == "Service"]) == 1
     for k, cm in enumerate(configs):
         cfg = TrainerConfig.model_validate_json(cm["data"]["trainer.json"])
@@ -48,21 +48,19 @@ def test_one_worker_group_per_member() -> None:
         assert cfg.output_uri == f"s3://ckpt/ml/reviews/{UID}/model-output/members/{k}"
         assert cfg.split_seed == 10  # every member holds out the same rows
         assert cm["metadata"]["labels"][names.MEMBER_LABEL] == str(k)
-    hostnames = [p["spec"]["hostname"] for p in pods]
-    assert len(set(hostnames)) == 6
-    for pod in pods:
-        lbl = pod["metadata"]["labels"]
-        k, rank = int(lbl[names.MEMBER_LABEL]), int(lbl[names.RANK_LABEL])
+    for k, workers in enumerate(jobs):
+        assert workers["spec"]["completions"] == 2 and workers["metadata"]["labels"][names.MEMBER_LABEL] == str(k)
+        pod = workers["spec"]["template"]
+        assert pod["metadata"]["labels"][names.MEMBER_LABEL] == str(k)
         command = pod["spec"]["containers"][0]["command"]
         assert f"--rdzv-id={UID}-4-m{k}" in command
-        assert f"--rdzv-endpoint=reviews-workers-{2 * k}.reviews-workers:29400" in command
-        assert pod["spec"]["hostname"] == f"reviews-workers-{2 * k + rank}"
+        assert f"--rdzv-endpoint=reviews-a4-m{k}-0.reviews-workers:29400" in command  # its own index-0 pod
         volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "config")
         assert volume["configMap"]["name"] == f"reviews-a4-m{k}-config"
 
 
 def test_the_export_pod_exports_each_member_then_combines_then_publishes_once() -> None:
-    pod = resources.export_pod(job(), UID, 1, SETTINGS)
+    pod = resources.export_job(job(), UID, 1, SETTINGS)["spec"]["template"]
     steps = pod["spec"]["initContainers"]
     assert [c["name"] for c in steps] == ["export-m0", "export-m1", "export-m2", "combine"]
     for k, step in enumerate(steps[:3]):
@@ -81,39 +79,48 @@ def test_the_export_pod_exports_each_member_then_combines_then_publishes_once() 
 
 
 def test_member_names_fit_dns_labels() -> None:
-    spec = {**SPEC, "resources": {"nodes": 8}, "ensemble": {"count": 16}}
+    spec = {**SPEC, "resources": {"nodes": 11}, "ensemble": {"count": 10}}
     errors = resources.spec_errors(api.parse_job({"metadata": {"name": "x" * 52}, "spec": spec}), SETTINGS)
-    assert any("at most 51 characters for 128 worker pods" in e for e in errors), errors  # 16 members x 8 nodes
+    assert any("at most 51 characters for 11 worker pods" in e for e in errors), errors  # <name>-a9999-m9-10
     assert resources.spec_errors(api.parse_job({"metadata": {"name": "x" * 51}, "spec": spec}), SETTINGS) == []
 
 
-def pods_of(children: list[dict[str, Any]], phase: str) -> list[PodView]:
-    views = [pod_view(c) for c in children if c["kind"] == "Pod"]
-    return [PodView(v.name, v.component, attempt=v.attempt, rank=v.rank, member=v.member, phase=phase) for v in views]
+def group(attempt: int, phase: str) -> tuple[list[PodView], list[JobView]]:
+    """Every member's Job and its two pods, all in ``phase``."""
+    jobs, pods = [], []
+    for k in range(3):
+        name = f"reviews-a{attempt}-m{k}"
+        jobs.append(JobView(name, "trainer", uid=f"uid-{name}", attempt=attempt, member=k, owner_uid=UID,
+                            complete=phase == "Succeeded"))  # fmt: skip
+        pods += [PodView(f"{name}-{r}-x", "trainer", attempt=attempt, rank=r, member=k, phase=phase,
+                         owner_uid=f"uid-{name}") for r in range(2)]  # fmt: skip
+    return pods, jobs
 
 
-def reconcile(status: dict | None, pods: list[PodView], **observed: Any) -> Decision:
-    return L.reconcile(META, SPEC, status, Observed(pods=pods, **observed), T0, SETTINGS)
+def reconcile(status: dict | None, pods: list[PodView], jobs: list[JobView] | None = None, **observed: Any) -> Decision:
+    return L.reconcile(META, SPEC, status, Observed(pods=pods, jobs=jobs or [], **observed), T0, SETTINGS)
 
 
 def test_the_phase_machine_waits_for_every_member() -> None:
     first = reconcile(None, [])
-    assert [c["metadata"]["name"] for c in first.create if c["kind"] == "Pod"] == [
-        f"reviews-a1-m{k}-{r}" for k in range(3) for r in range(2)
-    ]
+    assert [c["metadata"]["name"] for c in first.create if c["kind"] == "Job"] == [f"reviews-a1-m{k}" for k in range(3)]
     status = first.status
-    running = pods_of(first.create, "Running")
-    assert reconcile(status, running).status["phase"] == "Running"
-    status = reconcile(status, running).status
+    running, jobs = group(1, "Running")
+    assert reconcile(status, running, jobs).status["phase"] == "Running"
+    status = reconcile(status, running, jobs).status
     # Two members finished, one still running: still training.
-    mixed = [p if p.member == 2 else PodView(p.name, p.component, attempt=1, rank=p.rank, member=p.member,
-                                             phase="Succeeded") for p in running]  # fmt: skip
-    assert reconcile(status, mixed).status["phase"] == "Running"
-    # Member 1's rank 0 vanished: the group restarts (each member resumes from its own checkpoints).
-    lost = [p for p in running if (p.member, p.rank) != (1, 0)]
-    after = reconcile(status, lost)
-    assert after.status["phase"] == "Restarting" and "reviews-a1-m1-0 disappeared" in after.status["message"]
-    done = reconcile(status, pods_of(first.create, "Succeeded"))
+    done_pods, done_jobs = group(1, "Succeeded")
+    mixed_jobs = [*done_jobs[:2], jobs[2]]
+    mixed = [*done_pods[:4], *running[4:]]
+    assert reconcile(status, mixed, mixed_jobs).status["phase"] == "Running"
+    # Member 1's Job failed: the whole attempt restarts (each member resumes from its own checkpoints).
+    lost = JobView("reviews-a1-m1", "trainer", uid="uid-reviews-a1-m1", attempt=1, member=1, owner_uid=UID,
+                   failed=True, failed_reason="BackoffLimitExceeded")
+    failed = [jobs[0], lost, jobs[2]]
+    after = reconcile(status, running, failed)
+    assert after.status["phase"] == "Restarting" and after.status["restarts"] == 1
+    assert sorted(after.delete) == [("jobs", "reviews-a1-m0"), ("jobs", "reviews-a1-m2")]
+    done = reconcile(status, done_pods, done_jobs)
     assert done.status["phase"] == "Exporting"
     assert [c["metadata"]["name"] for c in done.create] == ["reviews-export-1"]
 

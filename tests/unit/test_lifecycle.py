@@ -1,7 +1,12 @@
-"""The phase machine, driven step by step with observed pods as a cluster would report them."""
+"""The phase machine, driven step by step with observed Jobs and pods as a cluster would report them.
+
+Unless a test gives the Jobs itself, ``step`` derives each worker group's and export try's Job from its pods as
+the Job controller judges them with ``backoffLimit: 0``: failed once any pod failed, complete once every pod
+succeeded."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,6 +16,8 @@ import pytest
 from finetune_operator import lifecycle as L
 from finetune_operator.decision import Decision, JobMeta
 from finetune_operator.observed import (
+    Admission,
+    JobView,
     Observed,
     PodView,
     Served,
@@ -54,10 +61,44 @@ def exporter(n: int = 1, phase: str = "Running", **kw: Any) -> PodView:
     return PodView(f"sentiment-export-{n}", "exporter", export=n, phase=phase, **kw)
 
 
+def job_name(p: PodView) -> str:
+    if p.component == "exporter":
+        return f"sentiment-export-{p.export}"
+    return f"sentiment-a{p.attempt}" + ("" if p.member is None else f"-m{p.member}")
+
+
+def jobs_of(pods: list[PodView], nodes: int = 2, **over: Any) -> list[JobView]:
+    """The Jobs of these pods as the Job controller reports them (``over``: fields set on every Job)."""
+    groups: dict[str, list[PodView]] = {}
+    for p in pods:
+        groups.setdefault(job_name(p), []).append(p)
+    views = []
+    for name, members in groups.items():
+        p = members[0]
+        size = 1 if p.component == "exporter" else nodes
+        failed = [m for m in members if m.phase == "Failed"]
+        code = next((m.exit_code for m in failed if m.exit_code is not None), None)
+        fields: dict[str, Any] = dict(
+            name=name, component=p.component, uid=f"uid-{name}", attempt=p.attempt, member=p.member, export=p.export,
+            owner_uid=META.uid, failed=bool(failed),
+            failed_reason="PodFailurePolicy" if code == 2 else "BackoffLimitExceeded" if failed else "",
+            complete=sum(m.phase == "Succeeded" for m in members) >= size,
+        )  # fmt: skip
+        views.append(JobView(**{**fields, **over}))
+    return views
+
+
+def owned_by_jobs(pods: list[PodView]) -> list[PodView]:
+    return [p if p.owner_uid else dataclasses.replace(p, owner_uid=f"uid-{job_name(p)}") for p in pods]
+
+
 def step(status: dict | None, pods: list[PodView] = (), *, at: float = 0, s: dict | None = None,
-         progress: dict | None = None, served: Served | None = None) -> Decision:  # fmt: skip
-    observed = Observed(pods=list(pods), progress=progress, served=served)
-    return L.reconcile(META, s or spec(), status, observed, T0 + timedelta(seconds=at), SETTINGS)
+         progress: dict | None = None, served: Served | None = None, jobs: list[JobView] | None = None,
+         admissions: dict[str, Admission] | None = None, meta: JobMeta = META) -> Decision:  # fmt: skip
+    pods = owned_by_jobs(list(pods))
+    observed = Observed(pods=pods, jobs=jobs_of(pods) if jobs is None else jobs, progress=progress, served=served,
+                        admissions=admissions or {})  # fmt: skip
+    return L.reconcile(meta, s or spec(), status, observed, T0 + timedelta(seconds=at), SETTINGS)
 
 
 def created(d: Decision) -> list[str]:
@@ -75,8 +116,7 @@ def running(at: float = 5) -> dict:
 
 def test_a_new_job_creates_its_worker_group_and_is_pending() -> None:
     d = step(None)
-    assert created(d) == ["ConfigMap/sentiment-a1-config", "Service/sentiment-workers", "Pod/sentiment-a1-0",
-                          "Pod/sentiment-a1-1"]  # fmt: skip
+    assert created(d) == ["ConfigMap/sentiment-a1-config", "Service/sentiment-workers", "Job/sentiment-a1"]
     assert d.status["phase"] == "Pending" and d.status["attempt"] == 1 and d.status["restarts"] == 0
     assert d.status["observedGeneration"] == 1 and d.status["startTime"] == "2026-01-01T12:00:00Z"
     assert [(e.reason, e.type) for e in d.events] == [("Created", "Normal")]
@@ -148,7 +188,7 @@ def test_a_failed_worker_restarts_the_whole_group_after_backoff_from_the_checkpo
     d = step(status, [worker(0, phase="Failed", exit_code=1), worker(1)], at=10)
     assert d.status["phase"] == "Restarting" and d.status["reason"] == "WorkerFailed"
     assert d.status["restarts"] == 1 and d.status["attempt"] == 2 and d.restarted
-    assert d.delete == [("pods", "sentiment-a1-1")]  # the failed pod is kept for its logs
+    assert d.delete == []  # the failed Job has stopped its other pods itself; its failed pod is kept for its logs
     assert d.status["retryAfter"] == "2026-01-01T12:00:20Z" and d.requeue == 10
     assert d.events[0].type == "Warning" and "restart 1/2 as attempt 2 in 10s" in d.events[0].message
     # The old group is still stopping: nothing new yet.
@@ -158,8 +198,7 @@ def test_a_failed_worker_restarts_the_whole_group_after_backoff_from_the_checkpo
     d3 = step(d2.status, [worker(0, phase="Failed", exit_code=1)], at=15)
     assert not d3.create and d3.requeue == pytest.approx(5)
     d4 = step(d3.status, [worker(0, phase="Failed", exit_code=1)], at=20)
-    assert created(d4) == ["ConfigMap/sentiment-a2-config", "Service/sentiment-workers", "Pod/sentiment-a2-0",
-                           "Pod/sentiment-a2-1"]  # fmt: skip
+    assert created(d4) == ["ConfigMap/sentiment-a2-config", "Service/sentiment-workers", "Job/sentiment-a2"]
     assert "retryAfter" not in d4.status and d4.status["phase"] == "Restarting"
     d5 = step(d4.status, [worker(0, 2), worker(1, 2)], at=21)
     assert d5.status["phase"] == "Running" and d5.status["restarts"] == 1
@@ -177,7 +216,7 @@ def test_a_pod_stuck_terminating_past_its_grace_period_is_force_deleted_so_the_g
     assert overdue.force_delete == ["sentiment-a1-1"] and not overdue.create
     assert any(e.reason == "ForceDeleted" and e.type == "Warning" for e in overdue.events)
     gone = step(overdue.status, [worker(0, phase="Failed", exit_code=1)], at=96)
-    assert "Pod/sentiment-a2-0" in created(gone)
+    assert "Job/sentiment-a2" in created(gone)
 
 
 def test_backoff_doubles_and_is_capped() -> None:
@@ -188,22 +227,63 @@ def test_backoff_doubles_and_is_capped() -> None:
     ("pod", "reason"),
     [
         (worker(1, phase="Failed", exit_code=137, reason="OOMKilled"), "OOMKilled"),
-        (worker(1, phase="Failed", reason="Evicted", message="The node was low on memory."), "Evicted"),
-        (worker(1, phase="Unknown"), "NodeLost"),
         (worker(1, phase="Failed", exit_code=143), "Killed"),
         (worker(1, phase="Failed", exit_code=137), "Killed"),
-        (worker(1, deleting=True), "PodDeleted"),
     ],
 )
 def test_retryable_failures_restart(pod: PodView, reason: str) -> None:
     d = step(running(), [worker(0), pod], at=10)
-    assert d.status["phase"] == "Restarting" and d.status["reason"] == reason
+    assert d.status["phase"] == "Restarting" and d.status["reason"] == reason and d.status["restarts"] == 1
 
 
-def test_a_worker_that_vanished_while_running_counts_as_deleted() -> None:
-    d = step(running(), [worker(0)], at=10)
-    assert d.status["phase"] == "Restarting" and d.status["reason"] == "PodDeleted"
-    assert "sentiment-a1-1 disappeared" in d.status["message"]
+@pytest.mark.parametrize(
+    ("pod", "reason"),
+    [
+        (worker(1, disrupted="EvictionByEvictionAPI", disrupted_message="Eviction API: evicting"), "Disrupted"),
+        (worker(1, deleting=True, disrupted="DeletionByTaintManager"), "Disrupted"),
+        (worker(1, phase="Failed", reason="Evicted", message="The node was low on memory."), "Evicted"),
+        (worker(1, phase="Unknown"), "NodeLost"),
+    ],
+)
+def test_disruptions_restart_at_once_without_spending_the_backoff_limit(pod: PodView, reason: str) -> None:
+    """An eviction, a drain or a lost node is not the job's failure: the group is replaced from the latest
+    checkpoint at once, and backoffLimit is untouched."""
+    d = step(running(), [worker(0), pod], at=10)
+    assert (d.status["phase"], d.status["reason"]) == ("Restarting", reason)
+    assert d.status["restarts"] == 0 and d.status["disruptions"] == 1 and d.status["attempt"] == 2
+    assert "backoffLimit is not spent" in d.status["message"] and d.restarted
+    # The group is stopped (the Job may not have failed yet) and the next one starts once its pods are gone.
+    assert d.delete == ([] if pod.phase == "Failed" else [("jobs", "sentiment-a1")])
+    later = step(d.status, [], at=11)
+    assert "Job/sentiment-a2" in created(later) and later.status["restarts"] == 0
+
+
+def test_a_deleted_pod_is_judged_by_its_job() -> None:
+    """A pod being deleted is not a failure yet: its Job says (a user's `kubectl delete pod` fails it; a Kueue
+    preemption suspends it)."""
+    d = step(running(), [worker(0), worker(1, deleting=True)], at=10)
+    assert d.status["phase"] == "Running" and not d.create and not d.delete
+    failed = jobs_of([worker(0)], failed=True, failed_reason="BackoffLimitExceeded",
+                     failed_message="Job has reached the specified backoff limit")  # fmt: skip
+    d2 = step(d.status, [worker(0), worker(1, deleting=True)], at=11, jobs=failed)
+    assert d2.status["phase"] == "Restarting" and d2.status["restarts"] == 1
+
+
+def test_a_job_that_failed_after_its_pods_went_says_what_its_condition_says() -> None:
+    said = "Container trainer for pod ml/sentiment-a1-0-x7k2p failed with exit code 2 matching FailJob rule at index 0"
+    d = step(running(), [], at=10, jobs=jobs_of([worker(0)], failed=True, failed_reason="PodFailurePolicy",
+                                                 failed_message=said))  # fmt: skip
+    assert (d.status["phase"], d.status["reason"]) == ("Failed", "InvalidInput") and said in d.status["message"]
+    timeout = jobs_of([worker(0)], failed=True, failed_reason="DeadlineExceeded", failed_message="Job was active "
+                      "longer than specified deadline")  # fmt: skip
+    d2 = step(running(), [], at=10, jobs=timeout)
+    assert (d2.status["phase"], d2.status["reason"]) == ("Failed", "DeadlineExceeded")
+
+
+def test_a_worker_job_deleted_by_someone_is_created_again() -> None:
+    d = step(running(), [], at=10, jobs=[])
+    assert created(d) == ["ConfigMap/sentiment-a1-config", "Service/sentiment-workers", "Job/sentiment-a1"]
+    assert d.status["attempt"] == 1 and d.status["restarts"] == 0
 
 
 @pytest.mark.parametrize("exit_code", [2, 1])  # 1: torchrun's own code when a worker exits 2
@@ -213,7 +293,7 @@ def test_bad_input_fails_at_once_with_the_trainers_error_line(exit_code: int) ->
     assert d.status["phase"] == "Failed" and d.status["reason"] == "InvalidInput"
     assert "column 'text' not found; columns are [review, label]" in d.status["message"]
     assert d.status["restarts"] == 0 and not d.restarted and not d.create
-    assert d.delete == [("pods", "sentiment-a1-1")]
+    assert d.delete == []  # the Job's pod failure policy has failed it: the Job controller stops the rest
     assert condition(d.status, "Failed")["status"] == "True" and d.status["completionTime"]
     # Terminal: no retry storm later either.
     assert not step(d.status, [pod], at=60).create
@@ -242,14 +322,14 @@ def test_the_backoff_limit_ends_in_failed() -> None:
 def test_suspend_deletes_the_workers_and_resume_starts_a_new_attempt() -> None:
     status = running()
     d = step(status, [worker(0), worker(1)], at=10, s=spec(suspend=True))
-    assert d.status["phase"] == "Suspended" and d.delete == [("pods", "sentiment-a1-0"), ("pods", "sentiment-a1-1")]
+    assert d.status["phase"] == "Suspended" and d.delete == [("jobs", "sentiment-a1")]
     assert condition(d.status, "Suspended")["status"] == "True"
     d2 = step(d.status, [worker(0, deleting=True)], at=11, s=spec(suspend=False))
     assert not d2.create  # the old worker is still writing its final checkpoint
     d3 = step(d2.status, [], at=12, s=spec(suspend=False))
     assert d3.status["phase"] == "Pending" and d3.status["reason"] == "Resumed"
     assert d3.status["attempt"] == 2 and d3.status["restarts"] == 0
-    assert "Pod/sentiment-a2-0" in created(d3)
+    assert "Job/sentiment-a2" in created(d3)
 
 
 def test_a_job_created_suspended_waits_without_pods() -> None:
@@ -261,9 +341,71 @@ def test_active_deadline_fails_the_job() -> None:
     s = spec(activeDeadlineSeconds=60)
     d = step(None, s=s)
     assert d.requeue == 60
+    (workers,) = [c for c in d.create if c["kind"] == "Job"]
+    assert workers["spec"]["activeDeadlineSeconds"] == 60  # the Job controller enforces it too
     d2 = step(d.status, [worker(0), worker(1)], at=61, s=s)
     assert d2.status["phase"] == "Failed" and d2.status["reason"] == "DeadlineExceeded"
-    assert sorted(d2.delete) == [("pods", "sentiment-a1-0"), ("pods", "sentiment-a1-1")]
+    assert d2.delete == [("jobs", "sentiment-a1")]
+
+
+QUEUED_META = dataclasses.replace(META, labels={"kueue.x-k8s.io/queue-name": "team-a"})
+NO_QUOTA = Admission(False, "Pending", "couldn't assign flavors to pod set main: insufficient quota for cpu in "
+                     "flavor default, request > maximum capacity (24 > 8)")  # fmt: skip
+
+
+def queued_step(status: dict | None, pods: list[PodView] = (), *, suspended: bool, at: float,
+                said: Admission | None = None, s: dict | None = None) -> Decision:  # fmt: skip
+    group = jobs_of([worker(0, attempt=(status or {}).get("attempt") or 1)], suspended=suspended, queued=True)
+    return step(status, pods, at=at, jobs=group, meta=QUEUED_META, s=s,
+                admissions={"sentiment-a1": said} if said else None)  # fmt: skip
+
+
+def test_a_job_with_a_queue_name_waits_queued_with_kueues_reason_then_runs_when_admitted() -> None:
+    d = step(None, meta=QUEUED_META)
+    (workers,) = [c for c in d.create if c["kind"] == "Job"]
+    assert workers["spec"]["suspend"] is True and workers["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert (d.status["phase"], d.status["reason"]) == ("Queued", "Queued") and "queue team-a" in d.status["message"]
+    assert condition(d.status, "Queued")["status"] == "True" and "activeSince" not in d.status
+    d2 = queued_step(d.status, suspended=True, at=5, said=NO_QUOTA)
+    assert (d2.status["phase"], d2.status["reason"]) == ("Queued", "Pending")
+    assert "insufficient quota for cpu" in d2.status["message"] and not d2.create and not d2.delete
+    d3 = queued_step(d2.status, [worker(0, phase="Pending"), worker(1, phase="Pending")], suspended=False, at=100)
+    assert (d3.status["phase"], d3.status["reason"]) == ("Pending", "Admitted")
+    assert d3.status["activeSince"] == "2026-01-01T12:01:40Z"
+    d4 = queued_step(d3.status, [worker(0), worker(1)], suspended=False, at=101)
+    assert d4.status["phase"] == "Running"
+
+
+def test_preempted_by_kueue_the_job_goes_back_to_queued_and_the_same_job_resumes() -> None:
+    """Kueue suspends the Job: its pods stop with a final checkpoint (SIGTERM). Nothing is counted, deleted or
+    created: Kueue unsuspends the same Job when it admits it again, and its pods resume from that checkpoint."""
+    running_ = queued_step(None, [worker(0), worker(1)], suspended=False, at=1).status
+    running_ = queued_step(running_, [worker(0), worker(1)], suspended=False, at=2).status
+    assert running_["phase"] == "Running"
+    preempted = Admission(False, "Preempted", "Preempted to accommodate a workload (UID: 1) due to prioritization "
+                          "in the ClusterQueue", evicted=True)  # fmt: skip
+    stopping = [worker(0, phase="Failed", exit_code=143), worker(1, deleting=True)]
+    d = queued_step(running_, stopping, suspended=True, at=50, said=preempted)
+    assert (d.status["phase"], d.status["reason"]) == ("Queued", "Preempted")
+    assert "resumes from it when admitted again" in d.status["message"]
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", "Preempted")]
+    assert d.status["restarts"] == 0 and d.status["attempt"] == 1 and not d.create and not d.delete
+    assert d.status["activeSeconds"] == 48.0 and "activeSince" not in d.status  # admitted at 2 s, preempted at 50 s
+    back = queued_step(d.status, [worker(0), worker(1)], suspended=False, at=300)
+    assert back.status["phase"] == "Running" and back.status["attempt"] == 1 and back.status["restarts"] == 0
+    assert [e.reason for e in back.events] == ["Admitted", "Running"]
+
+
+def test_active_deadline_counts_only_admitted_time() -> None:
+    s = spec(activeDeadlineSeconds=60)
+    d = step(None, s=s, meta=QUEUED_META)
+    d2 = queued_step(d.status, suspended=True, at=500, said=NO_QUOTA, s=s)
+    assert d2.status["phase"] == "Queued"  # 500 s queued: nothing spent
+    d3 = queued_step(d2.status, [worker(0), worker(1)], suspended=False, at=510, s=s)
+    d4 = queued_step(d3.status, [worker(0), worker(1)], suspended=False, at=560, s=s)
+    assert d4.status["phase"] == "Running" and d4.requeue == pytest.approx(10)
+    d5 = queued_step(d4.status, [worker(0), worker(1)], suspended=False, at=571, s=s)
+    assert (d5.status["phase"], d5.status["reason"]) == ("Failed", "DeadlineExceeded")
 
 
 def test_training_done_without_serving_succeeds() -> None:
@@ -283,7 +425,7 @@ def exporting() -> Decision:
 
 def test_training_done_exports_then_publishes_and_succeeds_when_triton_serves_the_model() -> None:
     d = exporting()
-    assert d.status["phase"] == "Exporting" and created(d) == ["Pod/sentiment-export-1"]
+    assert d.status["phase"] == "Exporting" and created(d) == ["Job/sentiment-export-1"]
     s = spec(serving=SERVING)
     d2 = step(d.status, [*DONE, exporter(running=("publish",))], at=20, s=s)
     assert d2.status["phase"] == "Publishing"
@@ -327,21 +469,20 @@ def test_a_failed_export_is_retried_and_bad_input_is_not() -> None:
     assert d2.events[-1].message.endswith("retrying as export 2 in 10s")
     assert not step(d2.status, [*DONE, failed], at=25, s=s).create, "backing off"
     d2b = step(d2.status, [*DONE, failed], at=30, s=s)
-    assert created(d2b) == ["Pod/sentiment-export-2"] and "retryAfter" not in d2b.status
+    assert created(d2b) == ["Job/sentiment-export-2"] and "retryAfter" not in d2b.status
     d3 = step(d2b.status, [*DONE, exporter(2, phase="Failed", exit_code=2, message="error: no model.onnx")], s=s)
     assert d3.status["phase"] == "Failed" and "error" not in d3.status["message"][:5]
     assert "no model.onnx" in d3.status["message"]
 
 
-def test_ttl_after_finished_deletes_pods_and_config_maps() -> None:
+def test_ttl_after_finished_deletes_jobs_and_config_maps() -> None:
     s = spec(ttlSecondsAfterFinished=30)
     d = step(running(), DONE, at=10, s=s)
     assert d.status["phase"] == "Succeeded"
     d2 = step(d.status, DONE, at=20, s=s)
     assert not d2.delete and d2.requeue == 20
     d3 = step(d2.status, DONE, at=40, s=s)
-    assert sorted(d3.delete) == [("configmaps", "sentiment-a1-config"), ("pods", "sentiment-a1-0"),
-                                 ("pods", "sentiment-a1-1")]  # fmt: skip
+    assert sorted(d3.delete) == [("configmaps", "sentiment-a1-config"), ("jobs", "sentiment-a1")]
 
 
 def test_an_invalid_spec_fails_with_every_field_named() -> None:

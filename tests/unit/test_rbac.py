@@ -36,8 +36,13 @@ def test_what_the_operator_does_is_granted() -> None:
     for need in [
         ("finetune.dev", "finetunejobs", "watch"),
         ("finetune.dev", "finetunejobs/status", "patch"),
-        ("", "pods", "create"),
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "watch"),
+        ("batch", "jobs", "delete"),
+        ("", "pods", "watch"),
         ("", "pods", "delete"),
+        ("", "events", "list"),
+        ("kueue.x-k8s.io", "workloads", "list"),
         ("", "pods/log", "get"),
         ("", "services", "create"),
         ("", "configmaps", "create"),
@@ -45,6 +50,7 @@ def test_what_the_operator_does_is_granted() -> None:
         ("events.k8s.io", "events", "create"),
     ]:
         assert need in have, need
+    assert ("", "pods", "create") not in have  # the Job controller creates the pods
 
 
 def test_cluster_permissions_only_when_clusterwide_or_peering() -> None:

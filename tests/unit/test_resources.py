@@ -69,7 +69,7 @@ def render(name: str) -> list[dict[str, Any]]:
     j = job("sentiment", JOBS[name])
     children = resources.worker_group(j, UID, 1, SETTINGS)
     if j.spec.serving.enabled:
-        children.append(resources.export_pod(j, UID, 1, SETTINGS))
+        children.append(resources.export_job(j, UID, 1, SETTINGS))
     return children
 
 
@@ -85,7 +85,8 @@ def test_golden_manifests(name: str) -> None:
 
 
 def pods(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [c for c in children if c["kind"] == "Pod"]
+    """The pod templates of the Jobs among ``children``: what every pod of that Job is made from."""
+    return [c["spec"]["template"] for c in children if c["kind"] == "Job"]
 
 
 def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -120,34 +121,79 @@ def test_pods_meet_the_restricted_pod_security_standard(name: str) -> None:
             assert all("value" not in e and "secretKeyRef" in e["valueFrom"] for e in keys)
 
 
-def test_the_2x4_gpu_job_runs_torchrun_with_c10d_rendezvous_on_rank_0() -> None:
+def test_the_2x4_gpu_job_runs_torchrun_with_c10d_rendezvous_on_index_0() -> None:
     children = render("job-2x4-gpu")
-    workers = [p for p in pods(children) if p["metadata"]["labels"]["app.kubernetes.io/component"] == "trainer"]
-    assert [p["metadata"]["name"] for p in workers] == ["sentiment-a1-0", "sentiment-a1-1"]
-    for rank, pod in enumerate(workers):
-        labels = pod["metadata"]["labels"]
-        assert labels["finetune.dev/rank"] == str(rank) and labels["finetune.dev/attempt"] == "1"
-        assert pod["spec"]["hostname"] == f"sentiment-workers-{rank}"
-        assert pod["spec"]["subdomain"] == "sentiment-workers"
-        (c,) = pod["spec"]["containers"]
-        assert c["command"][:8] == [
-            "torchrun", "--nnodes=2", "--nproc-per-node=4", "--rdzv-backend=c10d",
-            "--rdzv-endpoint=sentiment-workers-0.sentiment-workers:29400", f"--rdzv-id={UID}-1",
-            "--max-restarts=0", "-m",
-        ]  # fmt: skip
-        assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
-        assert c["resources"]["requests"] == {"cpu": "16", "memory": "64Gi", "nvidia.com/gpu": "4"}
-        metrics = [(p["name"], p["containerPort"]) for p in c["ports"] if p["name"].startswith("metrics")]
-        assert metrics == [("metrics", 9400), ("metrics-1", 9401), ("metrics-2", 9402), ("metrics-3", 9403)]
-        shm = next(v for v in pod["spec"]["volumes"] if v["name"] == "dshm")
-        assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
-        assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
-        assert pod["spec"]["tolerations"][0]["operator"] == "Exists"
-        assert pod["spec"]["priorityClassName"] == "training"
-        assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    (workers,) = [c for c in children if c["kind"] == "Job" and c["metadata"]["name"] == "sentiment-a1"]
+    spec = workers["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
+    assert spec["backoffLimit"] == 0 and spec["podReplacementPolicy"] == "Failed" and spec["suspend"] is False
+    assert workers["metadata"]["labels"]["finetune.dev/attempt"] == "1"
+    pod = spec["template"]
+    assert pod["metadata"]["labels"]["finetune.dev/attempt"] == "1"
+    # An Indexed Job's pod i is named <job>-i under the subdomain: index 0 hosts the rendezvous.
+    assert "hostname" not in pod["spec"] and pod["spec"]["subdomain"] == "sentiment-workers"
+    (c,) = pod["spec"]["containers"]
+    assert c["command"][:8] == [
+        "torchrun", "--nnodes=2", "--nproc-per-node=4", "--rdzv-backend=c10d",
+        "--rdzv-endpoint=sentiment-a1-0.sentiment-workers:29400", f"--rdzv-id={UID}-1",
+        "--max-restarts=0", "-m",
+    ]  # fmt: skip
+    index = next(e for e in c["env"] if e["name"] == "FINETUNE_NODE_INDEX")
+    assert index["valueFrom"] == {"fieldRef": {"fieldPath": resources.INDEX_FIELD}}
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert c["resources"]["requests"] == {"cpu": "16", "memory": "64Gi", "nvidia.com/gpu": "4"}
+    metrics = [(p["name"], p["containerPort"]) for p in c["ports"] if p["name"].startswith("metrics")]
+    assert metrics == [("metrics", 9400), ("metrics-1", 9401), ("metrics-2", 9402), ("metrics-3", 9403)]
+    shm = next(v for v in pod["spec"]["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
+    assert pod["spec"]["tolerations"][0]["operator"] == "Exists"
+    assert pod["spec"]["priorityClassName"] == "training"
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
     service = next(c for c in children if c["kind"] == "Service")
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     assert service["metadata"]["name"] == "sentiment-workers"
+
+
+def test_bad_input_and_disruptions_fail_the_attempt_at_once() -> None:
+    """The pod failure policy: exit 2 from any container, or a DisruptionTarget condition, fails the Job without
+    waiting for the other pods; the operator decides what a disruption costs (nothing)."""
+    (workers, export) = [c for c in render("job-2x4-gpu") if c["kind"] == "Job"]
+    for job_, names_ in ((workers, ["trainer"]), (export, ["export", "publish"])):
+        rules = job_["spec"]["podFailurePolicy"]["rules"]
+        assert [r["onExitCodes"] for r in rules if "onExitCodes" in r] == [
+            {"containerName": n, "operator": "In", "values": [2]} for n in names_
+        ]
+        assert rules[-1] == {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+        assert all(r["action"] == "FailJob" for r in rules)
+
+
+def test_a_queued_job_creates_its_jobs_suspended_with_kueues_labels() -> None:
+    j = job("sentiment", JOBS["job-2x4-gpu"])
+    kueue = {"kueue.x-k8s.io/queue-name": "team-a", "kueue.x-k8s.io/priority-class": "high", "team": "nlp"}
+    group = resources.worker_group(j, UID, 3, SETTINGS, job_labels=kueue, deadline=120)
+    (workers,) = [c for c in group if c["kind"] == "Job"]
+    export = resources.export_job(j, UID, 1, SETTINGS, job_labels=kueue)
+    for obj in (workers, export):
+        assert obj["spec"]["suspend"] is True  # Kueue admits it by unsuspending it, the whole gang at once
+        labels = obj["metadata"]["labels"]
+        assert labels["kueue.x-k8s.io/queue-name"] == "team-a" and labels["kueue.x-k8s.io/priority-class"] == "high"
+        assert "team" not in labels  # only Kueue's labels are passed on
+        assert "kueue.x-k8s.io/queue-name" not in obj["spec"]["template"]["metadata"]["labels"]
+    assert workers["spec"]["activeDeadlineSeconds"] == 120 and "activeDeadlineSeconds" not in export["spec"]
+    # The export pod asks for what it uses: the job's cpu and memory, one GPU for a TensorRT build, not four.
+    (step,) = export["spec"]["template"]["spec"]["initContainers"]
+    assert step["resources"]["requests"] == {"cpu": "16", "memory": "64Gi", "nvidia.com/gpu": "1"}
+    (publish,) = export["spec"]["template"]["spec"]["containers"]
+    assert "resources" not in publish or not publish["resources"]
+
+
+def test_scheduler_and_runtime_class_reach_every_pod() -> None:
+    spec = {**JOBS["job-1x1"], "template": {"schedulerName": "volcano", "runtimeClassName": "nvidia"},
+            "serving": {"enabled": True, "repository": "s3://m", "tritonUrl": "http://t:8000"}}  # fmt: skip
+    j = job("sentiment", spec)
+    for template in pods([*resources.worker_group(j, UID, 1, SETTINGS), resources.export_job(j, UID, 1, SETTINGS)]):
+        assert (template["spec"]["schedulerName"], template["spec"]["runtimeClassName"]) == ("volcano", "nvidia")
 
 
 def test_s3_credentials_come_from_secret_references_only() -> None:
@@ -180,8 +226,9 @@ def test_a_cpu_job_gets_no_gpus_and_shares_its_cores_between_processes() -> None
 
 
 def test_export_pod_exports_then_publishes_with_the_repository_credentials() -> None:
-    pod = render("job-2x4-gpu")[-1]
-    assert pod["metadata"]["name"] == "sentiment-export-1"
+    export_job = render("job-2x4-gpu")[-1]
+    assert export_job["metadata"]["name"] == "sentiment-export-1" and export_job["spec"]["completions"] == 1
+    pod = export_job["spec"]["template"]
     assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "exporter"
     (export,) = pod["spec"]["initContainers"]
     (publish,) = pod["spec"]["containers"]
@@ -197,11 +244,13 @@ def test_export_pod_exports_then_publishes_with_the_repository_credentials() -> 
 
 
 def test_a_name_too_long_for_pod_hostnames_is_reported() -> None:
-    assert names.name_errors("a" * 52, 101) == [
-        f"metadata.name: at most 51 characters for 101 worker pods (pod hostname {'a' * 52 + '-workers-100'!r} is "
+    """Room is kept for attempt numbers up to 9999: a job that restarts often keeps valid hostnames."""
+    assert names.name_errors("a" * 56, 10) == [
+        f"metadata.name: at most 55 characters for 10 worker pods (pod hostname {'a' * 56 + '-a9999-9'!r} is "
         "too long)"
     ]
-    assert names.name_errors("a" * 52, 100) == []
+    assert names.name_errors("a" * 55, 10) == []
+    assert names.name_errors("a" * 55, 11) != []
 
 
 def test_a_name_starting_with_a_digit_is_reported_before_its_service_is_refused() -> None:
