@@ -268,6 +268,8 @@ def create_failure_reason(message: str) -> str:
         return "QuotaExceeded"
     if "podsecurity" in text:
         return "PodSecurityViolation"
+    if "forbidden" in text:  # a LimitRange, an admission webhook
+        return "Forbidden"
     return "FailedCreate"
 
 

@@ -27,7 +27,8 @@ def test_a_job_created_again_ignores_the_old_jobs_terminating_pods(ftj_api: Kube
     ftj_api.kubectl("apply", "-f", "-", stdin=manifest)
     old_uid = get_json(ftj_api, "ftj", "again")["metadata"]["uid"]
     eventually(lambda: len(pods(ftj_api)) == 2, timeout=60, interval=0.5, what="the first job's pods")
-    for name in ("again-a1-0", "again-a1-1"):
+    old_pods = [p["metadata"]["name"] for p in pods(ftj_api)]
+    for name in old_pods:
         ftj_api.kubectl("patch", "pod", name, "--type=merge", "-p", json.dumps({"metadata": {"finalizers": [HOLD]}}))
     try:
         ftj_api.kubectl("delete", "ftj", "again", "--wait=true", "--timeout=60s")
@@ -45,11 +46,13 @@ def test_a_job_created_again_ignores_the_old_jobs_terminating_pods(ftj_api: Kube
             assert current["restarts"] == 0 and current["phase"] == "Pending", current
             time.sleep(1)
     finally:
-        for name in ("again-a1-0", "again-a1-1"):
+        for name in old_pods:
             ftj_api.kubectl("patch", "pod", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
 
     def owned_by_new() -> bool:
-        owners = [p["metadata"]["ownerReferences"][0]["uid"] for p in pods(ftj_api)]
+        jobs = {j["metadata"]["uid"]: j["metadata"]["ownerReferences"][0]["uid"]
+                for j in get_json(ftj_api, "jobs")["items"]}  # fmt: skip
+        owners = [jobs.get(p["metadata"]["ownerReferences"][0]["uid"]) for p in pods(ftj_api)]
         return len(owners) == 2 and set(owners) == {new_uid}
 
     eventually(owned_by_new, timeout=90, interval=0.5, what="the new job's own pods, once the old ones are gone")

@@ -52,8 +52,8 @@ def replicas(ftj_api: KubeApi, peering_crds: None, tmp_path: Path) -> Iterator[l
             op.stop()
 
 
-def worker_pods(kube: KubeApi, name: str) -> list[str]:
-    return sorted(p["metadata"]["name"] for p in get_json(kube, "pods", "-l", f"finetune.dev/job={name}")["items"])
+def worker_jobs(kube: KubeApi, name: str) -> list[str]:
+    return sorted(p["metadata"]["name"] for p in get_json(kube, "jobs", "-l", f"finetune.dev/job={name}")["items"])
 
 
 def test_one_replica_is_active_and_the_other_takes_over_when_it_dies(ftj_api: KubeApi, replicas: list[Operator],
@@ -66,14 +66,14 @@ def test_one_replica_is_active_and_the_other_takes_over_when_it_dies(ftj_api: Ku
                interval=0.5, what="the lower-priority replica pausing")  # fmt: skip
 
     ftj_api.kubectl("apply", "-f", "-", stdin=json.dumps(job("first", tmp_path / "ckpt")))
-    eventually(lambda: worker_pods(ftj_api, "first") == ["first-a1-0", "first-a1-1"], timeout=60, interval=0.5,
-               what="the first job's pods, from the active replica")  # fmt: skip
+    eventually(lambda: worker_jobs(ftj_api, "first") == ["first-a1"], timeout=60, interval=0.5,
+               what="the first job's worker Job, from the active replica")  # fmt: skip
     assert status(ftj_api, "first")["phase"] == "Pending"
     assert "first" not in standby.log.read_text()  # paused: it never touched the job
 
     active.kill()  # SIGKILL: no goodbye in the peering object; its heartbeat runs out after LIFETIME
     ftj_api.kubectl("apply", "-f", "-", stdin=json.dumps(job("second", tmp_path / "ckpt")))
-    eventually(lambda: worker_pods(ftj_api, "second") == ["second-a1-0", "second-a1-1"], timeout=LIFETIME + 60,
-               interval=0.5, what="the second job's pods, from the replica that took over")  # fmt: skip
+    eventually(lambda: worker_jobs(ftj_api, "second") == ["second-a1"], timeout=LIFETIME + 60,
+               interval=0.5, what="the second job's worker Job, from the replica that took over")  # fmt: skip
     assert "Resuming operations after the pause" in standby.log.read_text()
-    assert worker_pods(ftj_api, "first") == ["first-a1-0", "first-a1-1"]  # no duplicates after the takeover
+    assert worker_jobs(ftj_api, "first") == ["first-a1"]  # no duplicates after the takeover

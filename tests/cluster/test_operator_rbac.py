@@ -50,7 +50,7 @@ def test_the_charts_role_lets_the_operator_create_a_jobs_children(ftj_api: KubeA
     # Children carry blockOwnerDeletion, which the API server allows only to who may update finetunejobs/finalizers.
     eventually(lambda: len(get_json(ftj_api, "pods")["items"]) == 2, timeout=60, interval=0.5,
                what=f"the worker pods; job status {status(ftj_api, 'rbac')}")  # fmt: skip
-    kinds = {f"{o['kind']}/{o['metadata']['name']}" for o in get_json(ftj_api, "configmaps,services")["items"]}
-    assert {"ConfigMap/rbac-a1-config", "Service/rbac-workers"} <= kinds
+    kinds = {f"{o['kind']}/{o['metadata']['name']}" for o in get_json(ftj_api, "configmaps,services,jobs")["items"]}
+    assert {"ConfigMap/rbac-a1-config", "Service/rbac-workers", "Job/rbac-a1"} <= kinds
     assert status(ftj_api, "rbac")["phase"] == "Pending"
     assert "forbidden" not in operator_as_its_service_account.logs().lower()
