@@ -127,6 +127,16 @@ def operator_env(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
+def job_controller(kube_api: KubeApi) -> None:
+    """The operator runs each worker group and export try as a batch/v1 Job, which only a real Job controller
+    runs: tests that run jobs skip on the API stand-in. They run against a real cluster
+    (FINETUNE_E2E_REAL_CLUSTER=1); tests/cluster runs the same scenarios on the test cluster."""
+    if kube_api.stand_in:
+        pytest.skip("needs a Job controller: the API stand-in has none (see tests/cluster for these on the test "
+                    "cluster)")
+
+
+@pytest.fixture
 def operator(kube_api: KubeApi, node_agent: Any, operator_env: dict[str, str], tmp_path: Path) -> Iterator[Operator]:
     """The CRD installed and the operator running in the test's namespace (stopped by pid at the end)."""
     install_crd(kube_api)

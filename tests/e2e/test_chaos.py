@@ -46,7 +46,7 @@ from tests.e2e.chaos import (
 from tests.e2e.conftest import Jobs, real_cluster
 from tests.fixtures.kube import eventually
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(480), pytest.mark.usefixtures("job_controller")]
 
 JOBS = 6
 SERVED = 2  # of which export and publish into the Triton repository

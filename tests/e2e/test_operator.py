@@ -24,7 +24,7 @@ from finetune_operator import cli
 from tests.e2e.conftest import Jobs, Operator, cluster_checkpoint_spec, phase_is, real_cluster
 from tests.fixtures.kube import eventually
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420), pytest.mark.usefixtures("job_controller")]
 
 
 def stepped(minimum: int):

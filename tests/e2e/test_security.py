@@ -30,7 +30,7 @@ from tests.e2e.recording_proxy import RecordingProxy, summary
 from tests.fixtures.kube import eventually
 from tests.fixtures.s3 import SeaweedFS
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420), pytest.mark.usefixtures("job_controller")]
 
 SECRET = "canary-s3"
 REGISTRY_SECRET = "canary-registry"
