@@ -189,7 +189,13 @@ class FineTuneJobSpec(Section):
         False, description="Delete the workers but keep the job; resume continues from a checkpoint."
     )
     backoff_limit: int = Field(3, ge=0, le=100, description="Worker-group restarts before the job fails.")
-    active_deadline_seconds: int | None = Field(None, ge=1, description="Fail the job after this long.")
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Fail the job after this long admitted (time Queued or Suspended does not count)."
+    )
+    progress_deadline_seconds: int | None = Field(
+        600, ge=30, le=604800, description="Set the Stalled condition (and its alert) when the step counter has not "
+        "moved for this long while every worker runs; null: never."
+    )  # fmt: skip
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete worker pods this long after the job finished."
     )

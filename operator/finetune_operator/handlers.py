@@ -36,8 +36,9 @@ async def close(**_: Any) -> None:
 
 @kopf.index(**JOBS)
 async def jobs_by_namespace(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict:
-    """Jobs and their phases by namespace, for the jobs-by-phase metric."""
-    return {namespace: (name, status.get("phase"))}
+    """Jobs, their phases and whether they are stalled, by namespace, for the jobs-by-phase metrics."""
+    stalled = any(c.get("type") == "Stalled" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return {namespace: (name, status.get("phase"), stalled)}
 
 
 @kopf.index("pods", **CHILDREN)

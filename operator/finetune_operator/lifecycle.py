@@ -47,6 +47,7 @@ from finetune_operator.status import (
     QUEUED,
     RESTARTING,
     RUNNING,
+    STALLED,
     SUCCEEDED,
     SUSPENDED,
     parse_time,
@@ -310,6 +311,40 @@ class _Machine:
         live = [p for p in pods if p.phase in ("Running", "Succeeded") and not p.deleting]
         if len(live) >= self.groups() * self.job.spec.resources.nodes and self.phase != RUNNING:
             self.transition(RUNNING, "Running", f"{len(live)} worker pod(s) of attempt {attempt} running")
+            self.s["lastProgressTime"] = timestamp(self.now)  # the clock of Stalled starts with the group
+        self.check_stalled(len(live))
+
+    def check_stalled(self, live: int) -> None:
+        """The Stalled condition: True while Running and the step counter has not moved for
+        progressDeadlineSeconds (a hung collective, a stuck data source or upload); False once it moves again."""
+        assert self.job is not None
+        limit = self.job.spec.progress_deadline_seconds
+        since = parse_time(self.s.get("lastProgressTime"))
+        stalled = self.stalled()
+        if self.phase != RUNNING or limit is None or since is None:
+            if stalled:
+                self.set_stalled(False, "NotRunning", "")
+            return
+        idle = (self.now - since).total_seconds()
+        if idle < limit:
+            if stalled:
+                self.set_stalled(False, "Progressing", "the step counter moves again")
+            self.wake_in(limit - idle)
+            return
+        if not stalled:
+            step = (self.s.get("progress") or {}).get("step", 0)
+            self.set_stalled(True, "NoProgress", f"step {step} has not moved for {idle:.0f}s while {live} worker "
+                             f"pod(s) run (progressDeadlineSeconds {limit}): see the workers' logs")  # fmt: skip
+
+    def stalled(self) -> bool:
+        return any(c.get("type") == STALLED and c.get("status") == "True" for c in self.s.get("conditions") or [])
+
+    def set_stalled(self, value: bool, reason: str, message: str) -> None:
+        status_model.set_condition(self.s, STALLED, value, reason, message, timestamp(self.now), self.meta.generation)
+        if value:
+            self.d.events.append(Event("Warning", "Stalled", message))
+        elif reason == "Progressing":
+            self.d.events.append(Event("Normal", "Progressing", message))
 
     def queued(self, group: list[JobView]) -> None:
         """A suspended group: Kueue has not admitted it yet, or took its quota back (preemption). Its pods stop
@@ -524,6 +559,10 @@ class _Machine:
         if record is None or self.phase not in TRAINING:
             return
         progress, metrics = status_model.progress_fields(record)
+        if progress.get("step") != (self.s.get("progress") or {}).get("step") or progress.get("stage") != (
+            self.s.get("progress") or {}
+        ).get("stage"):  # fmt: skip
+            self.s["lastProgressTime"] = timestamp(self.now)
         self.s["progress"] = progress
         self.s["metrics"] = {**(self.s.get("metrics") or {}), **metrics}
 

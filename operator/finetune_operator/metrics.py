@@ -23,11 +23,12 @@ from finetune_operator.status import PHASES
 JobsSource = Callable[[], Iterable[tuple[str, ...]]]
 
 
-def phases_of(index: Mapping[Any, Iterable[Any]]) -> Iterable[tuple[str, str, str]]:
-    """(namespace, job, phase) of each job in a kopf index keyed by namespace with (job, phase) values."""
+def phases_of(index: Mapping[Any, Iterable[Any]]) -> Iterable[tuple[str, ...]]:
+    """(namespace, job, phase[, "stalled"]) of each job in a kopf index keyed by namespace with (job, phase[,
+    stalled]) values."""
     for namespace, values in list(index.items()):
-        for name, phase in list(values):
-            yield str(namespace), str(name), str(phase or "Pending")
+        for name, phase, *stalled in list(values):
+            yield (str(namespace), str(name), str(phase or "Pending"), *(["stalled"] if any(stalled) else []))
 
 
 class JobsCollector(Collector):
@@ -38,8 +39,14 @@ class JobsCollector(Collector):
         self.source: JobsSource | None = None
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        # (namespace, job, phase); a (namespace, phase) pair counts a job whose name is not known.
-        jobs = [t if len(t) == 3 else (t[0], "", t[1]) for t in (self.source() if self.source else ())]
+        # (namespace, job, phase[, "stalled"]); a (namespace, phase) pair counts a job whose name is not known.
+        given = list(self.source() if self.source else ())
+        jobs = [t[:3] if len(t) >= 3 else (t[0], "", t[1]) for t in given]
+        stalled = GaugeMetricFamily("finetune_operator_job_stalled", "1 while a job's Stalled condition is True",
+                                    labels=["namespace", "job"])  # fmt: skip
+        for t in given:
+            if len(t) == 4:
+                stalled.add_metric([t[0], t[1]], 1)
         family = GaugeMetricFamily("finetune_operator_jobs", "FineTuneJobs by phase", labels=["namespace", "phase"])
         counts = Tally((ns, phase) for ns, _, phase in jobs)
         for ns in sorted({ns for ns, _, _ in jobs}):
@@ -55,6 +62,7 @@ class JobsCollector(Collector):
             if name:
                 info.add_metric([ns, name, phase], 1)
         yield info
+        yield stalled
 
 
 class OperatorMetrics:

@@ -22,7 +22,8 @@ CONDITION_TYPES = ("Queued", "Training", "Publishing", "Suspended", "Succeeded",
 
 Phase = Literal["Queued", "Pending", "Running", "Restarting", "Exporting", "Publishing", "Succeeded", "Failed",
                 "Suspended"]  # fmt: skip
-ConditionType = Literal["Queued", "Training", "Publishing", "Suspended", "Succeeded", "Failed"]
+ConditionType = Literal["Queued", "Training", "Publishing", "Suspended", "Succeeded", "Failed", "Stalled"]
+STALLED = "Stalled"  # not a phase: set beside Running while the step counter does not move
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 TIME = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"
 Time = Annotated[str, Field(pattern=TIME)]
@@ -103,6 +104,9 @@ class FineTuneJobStatus(Section):
         "activeDeadlineSeconds counts."
     )  # fmt: skip
     active_since: Time | None = Field(None, description="When the job last became admitted; absent while queued.")
+    last_progress_time: Time | None = Field(
+        None, description="When the step counter last moved while Running (what the Stalled condition measures)."
+    )
     start_time: Time | None = None
     completion_time: Time | None = None
     model: ModelStatus | None = None

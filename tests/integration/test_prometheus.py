@@ -25,6 +25,7 @@ OPERATOR_METRIC = re.compile(r"\bfinetune_operator_")
 ALERTS = {
     "FineTuneJobFailed",
     "FineTuneJobNoProgress",
+    "FineTuneJobStalled",
     "FineTuneJobRestarting",
     "FineTuneModelPublishFailed",
     "FineTuneLossNaN",

@@ -533,3 +533,37 @@ def test_pod_view_reads_exit_codes_and_messages_from_container_statuses() -> Non
     view = pod_view(pod)
     assert (view.component, view.export, view.exit_code, view.failed_container) == ("exporter", 1, 2, "publish")
     assert classify(view).permanent
+
+
+def test_a_running_job_whose_step_counter_stops_is_flagged_stalled_and_cleared_when_it_moves() -> None:
+    s = spec(progressDeadlineSeconds=60)
+    at_step = lambda n: {"phase": "training", "step": n, "totalSteps": 100}  # noqa: E731
+    d = step(step(None, s=s).status, [worker(0), worker(1)], at=1, s=s, progress=at_step(3))
+    assert d.status["phase"] == "Running" and d.requeue == pytest.approx(60)
+    d2 = step(d.status, [worker(0), worker(1)], at=40, s=s, progress=at_step(3))
+    assert not any(c["type"] == "Stalled" for c in d2.status["conditions"])
+    d3 = step(d2.status, [worker(0), worker(1)], at=62, s=s, progress=at_step(3))
+    stalled = condition(d3.status, "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "NoProgress")
+    assert "step 3 has not moved for 61s while 2 worker pod(s) run" in stalled["message"]
+    assert [(e.type, e.reason) for e in d3.events] == [("Warning", "Stalled")]
+    assert d3.status["phase"] == "Running"  # a condition beside the phase, not a failure
+    d4 = step(d3.status, [worker(0), worker(1)], at=70, s=s, progress=at_step(4))
+    assert condition(d4.status, "Stalled")["status"] == "False" and [e.reason for e in d4.events] == ["Progressing"]
+
+
+def test_kueues_workload_conditions_say_why_a_job_waits() -> None:
+    from finetune_operator.observed import admission
+
+    pending = {"status": {"conditions": [{"type": "QuotaReserved", "status": "False", "reason": "Pending",
+                                          "message": "couldn't assign flavors to pod set main: insufficient quota"}]}}
+    assert admission(pending) == Admission(False, "Pending", "couldn't assign flavors to pod set main: insufficient "
+                                           "quota")  # fmt: skip
+    evicted = {"status": {"conditions": [
+        {"type": "QuotaReserved", "status": "False", "reason": "Pending", "message": "waiting"},
+        {"type": "Evicted", "status": "True", "reason": "Preempted", "message": "Preempted to accommodate a workload"},
+    ]}}  # fmt: skip
+    assert admission(evicted) == Admission(False, "Preempted", "Preempted to accommodate a workload", evicted=True)
+    admitted = {"status": {"conditions": [{"type": "Admitted", "status": "True", "reason": "Admitted", "message": ""},
+                                          {"type": "Evicted", "status": "False", "reason": "Preempted"}]}}
+    assert admission(admitted).admitted and admission({}) == Admission(False, "Pending", "waiting for Kueue")
