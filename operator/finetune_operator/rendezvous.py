@@ -2,8 +2,9 @@
 
 Every pod of a worker group's Indexed Job runs the same command; the launcher reads the pod's index
 (``JOB_COMPLETION_INDEX``), lets index 0 host the c10d rendezvous store and has the others wait for it, with the
-timeouts of ``spec.resources.rendezvous``. Node 0 is reached as ``<workload>-0.<service>``: an Indexed Job's pod
-``i`` has the hostname ``<workload>-<i>`` under the headless Service named by its ``subdomain``.
+timeouts of ``spec.resources.rendezvous``. Node 0 is reached as ``<workload>-0.<service>``
+(names.rendezvous_endpoint): an Indexed Job's pod ``i`` has the hostname ``<workload>-<i>`` under the headless
+Service named by its ``subdomain``.
 """
 
 from __future__ import annotations
@@ -11,17 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from finetune_operator import api
-from finetune_operator.settings import RDZV_PORT, Settings
+from finetune_operator.settings import Settings
 from finetune_trainer import contract
 
 # The pod's IP, from the downward API: torchrun's --local-addr, so the workers' MASTER_ADDR needs no DNS.
 POD_IP_ENV: dict[str, Any] = {"name": contract.ENV_POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
-
-
-def endpoint(workload: str, service: str, nodes: int) -> str:
-    """Node 0's rendezvous address in the Indexed Job ``workload`` under headless Service ``service``; a one-pod
-    group rendezvouses inside its pod."""
-    return "localhost:0" if nodes == 1 else f"{workload}-0.{service}:{RDZV_PORT}"
 
 
 def launcher_command(job: api.FineTuneJob, settings: Settings, *, endpoint: str, rdzv_id: str,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from finetune_operator import api
+from finetune_operator import api, rendezvous
 from finetune_operator.ensemble_spec import Member
 from finetune_operator.ensemble_steps import combine_args, member_job, member_path, members
 from finetune_operator.names import (
@@ -277,23 +277,11 @@ def service(job: api.FineTuneJob, uid: str) -> dict[str, Any]:
 
 def worker_command(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings,
                    member: int | None = None) -> list[str]:  # fmt: skip
-    """A worker pod's torchrun: one of ``nodes`` agents meeting at its group's index-0 pod's c10d rendezvous."""
-    res = job.spec.resources
+    """A worker pod's command: the launcher (index 0 hosts the c10d store; the others wait for it, with the spec's
+    timeouts), then torchrun, one of ``nodes`` agents of its group."""
     rdzv_id = f"{uid}-{attempt}" if member is None else f"{uid}-{attempt}-m{member}"
-    return [
-        settings.trainer_command,
-        f"--nnodes={res.nodes}",
-        f"--nproc-per-node={res.procs}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={rendezvous_endpoint(job.metadata.name, attempt, res.nodes, member)}",
-        f"--rdzv-id={rdzv_id}",
-        f"--max-restarts={settings.torchrun_max_restarts}",
-        "-m",
-        "finetune_trainer",
-        "train",
-        "--config",
-        CONFIG_FILE,
-    ]
+    where = rendezvous_endpoint(job.metadata.name, attempt, job.spec.resources.nodes, member)
+    return rendezvous.launcher_command(job, settings, endpoint=where, rdzv_id=rdzv_id, config=CONFIG_FILE)
 
 
 def worker_pod_template(job: api.FineTuneJob, uid: str, attempt: int, settings: Settings,
@@ -305,6 +293,7 @@ def worker_pod_template(job: api.FineTuneJob, uid: str, attempt: int, settings: 
         {"name": contract.ENV_JOB, "value": name},
         {"name": contract.ENV_ATTEMPT, "value": str(attempt)},
         {"name": contract.ENV_NODE_INDEX, "valueFrom": {"fieldRef": {"fieldPath": INDEX_FIELD}}},
+        rendezvous.POD_IP_ENV,
         *s3_env(job.spec.checkpoint.s3),
     ]
     if not res.gpus_per_node and res.cpu:

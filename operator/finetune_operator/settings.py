@@ -5,7 +5,6 @@
 | FINETUNE_NAMESPACES | (all) | Comma-separated namespaces to watch; empty watches the whole cluster. |
 | FINETUNE_NAMESPACE | | One namespace to watch (same as FINETUNE_NAMESPACES with one entry). |
 | FINETUNE_TRAINER_IMAGE | api.DEFAULT_IMAGE | Image of worker and export pods when a job's template names none. |
-| FINETUNE_TRAINER_COMMAND | torchrun | Launcher the worker pods run (an absolute path where the image needs one). |
 | FINETUNE_TRAINER_PYTHON | python | Interpreter the export pod runs. |
 | FINETUNE_TRAINER_METRICS_PORT | 9400 | Prometheus port of each worker (0: no metrics port). |
 | FINETUNE_DEFAULT_STORAGE | | Checkpoint storage (s3://bucket/prefix) of jobs that set none. |
@@ -72,7 +71,6 @@ class Settings:
 
     namespaces: tuple[str, ...] = ()
     trainer_image: str = DEFAULT_IMAGE
-    trainer_command: str = "torchrun"
     trainer_python: str = "python"
     trainer_metrics_port: int = 9400
     default_storage: str | None = None
@@ -107,7 +105,6 @@ class Settings:
         values: dict[str, Any] = {
             "namespaces": tuple(n.strip() for n in raw_ns.split(",") if n.strip()),
             "trainer_image": env.get("FINETUNE_TRAINER_IMAGE") or DEFAULT_IMAGE,
-            "trainer_command": env.get("FINETUNE_TRAINER_COMMAND") or "torchrun",
             "trainer_python": env.get("FINETUNE_TRAINER_PYTHON") or "python",
             "trainer_metrics_port": _int(env, "FINETUNE_TRAINER_METRICS_PORT", 9400, maximum=65535),
             "default_storage": env.get("FINETUNE_DEFAULT_STORAGE") or None,

@@ -113,7 +113,7 @@ def operator_env(tmp_path: Path) -> dict[str, str]:
         local = {"FINETUNE_TRAINER_IMAGE": os.environ["FINETUNE_E2E_IMAGE"]}
         local.update({k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if k in os.environ})
     else:  # the node agent runs pods as local processes of this virtualenv
-        local = {"FINETUNE_TRAINER_COMMAND": str(BIN / "torchrun"), "FINETUNE_TRAINER_PYTHON": sys.executable,
+        local = {"FINETUNE_TRAINER_PYTHON": sys.executable,
                  "FINETUNE_TRAINER_METRICS_PORT": "0"}  # fmt: skip
     return {
         **local,

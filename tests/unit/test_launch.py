@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from finetune_operator import api, rendezvous
+from finetune_operator import api, names, rendezvous
 from finetune_operator.settings import Settings
 from finetune_trainer import launch
 from finetune_trainer.launch import LaunchError
@@ -137,7 +137,7 @@ def test_operator_command_carries_the_spec_timeouts() -> None:
     command = rendezvous.launcher_command(
         job,
         Settings(trainer_python="/venv/bin/python"),
-        endpoint=rendezvous.endpoint("job-a1", "job-workers", 2),
+        endpoint=names.rendezvous_endpoint("job", 1, 2),
         rdzv_id="uid-1",
         config="/etc/finetune/trainer.json",
     )
@@ -149,4 +149,4 @@ def test_operator_command_carries_the_spec_timeouts() -> None:
     ]  # fmt: skip
     parsed_back = launch.parse(command[3:], {"JOB_COMPLETION_INDEX": "1"})  # what the pod's launcher makes of it
     assert (parsed_back.join_timeout, parsed_back.read_timeout, parsed_back.nnodes) == (1200, 120, 2)
-    assert rendezvous.endpoint("job-a1", "job-workers", 1) == "localhost:0"
+    assert names.rendezvous_endpoint("job", 1, 1) == "localhost:0"

@@ -133,11 +133,12 @@ def test_the_2x4_gpu_job_runs_torchrun_with_c10d_rendezvous_on_index_0() -> None
     # An Indexed Job's pod i is named <job>-i under the subdomain: index 0 hosts the rendezvous.
     assert "hostname" not in pod["spec"] and pod["spec"]["subdomain"] == "sentiment-workers"
     (c,) = pod["spec"]["containers"]
-    assert c["command"][:8] == [
-        "torchrun", "--nnodes=2", "--nproc-per-node=4", "--rdzv-backend=c10d",
+    assert c["command"][:12] == [
+        "python", "-m", "finetune_trainer.launch", "--nnodes=2",
         "--rdzv-endpoint=sentiment-a1-0.sentiment-workers:29400", f"--rdzv-id={UID}-1",
-        "--max-restarts=0", "-m",
+        "--join-timeout=900", "--read-timeout=300", "--", "--nproc-per-node=4", "--max-restarts=0", "-m",
     ]  # fmt: skip
+    assert {"name": "FINETUNE_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in c["env"]
     index = next(e for e in c["env"] if e["name"] == "FINETUNE_NODE_INDEX")
     assert index["valueFrom"] == {"fieldRef": {"fieldPath": resources.INDEX_FIELD}}
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
