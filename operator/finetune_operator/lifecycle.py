@@ -355,8 +355,7 @@ class _Machine:
             reason, message = "Queued", f"job {job.name} waits for Kueue to admit it (queue {self.queue})"
         else:
             reason, message = said.reason or "Queued", f"job {job.name}: {said.message or said.reason}"
-        was = self.phase
-        if said is not None and said.evicted and was in (PENDING, RUNNING):
+        if said is not None and said.evicted:  # (the Job may have been seen suspended before Kueue said why)
             message += "; its workers stop after a final checkpoint and it resumes from it when admitted again"
         self.transition(QUEUED, reason, message, warning=said is not None and said.evicted)
         self.s["message"] = message  # Kueue's message changes (the quota it lacks); the event is kept once
