@@ -78,6 +78,22 @@ def status(kube: KubeApi, name: str) -> dict:
     return get_json(kube, "ftj", name).get("status") or {}
 
 
+def wait_status(kube: KubeApi, name: str, check: Any, timeout: float, what: str,
+                nodes: NodePool | None) -> dict[str, Any]:  # fmt: skip
+    """Poll the job's status until ``check`` holds; on timeout print what the cluster and its nodes say."""
+    try:
+        return eventually(lambda: (s := status(kube, name)) and check(s) and s, timeout=timeout, interval=1,
+                          what=what)  # fmt: skip
+    except AssertionError:
+        print(kube.kubectl("get", "pods,jobs,ftj,workloads,events", "-o", "wide", check=False).stdout[-8000:])
+        print(node_logs(nodes))
+        raise
+
+
+def step(s: dict[str, Any]) -> int:
+    return int((s.get("progress") or {}).get("step") or 0)
+
+
 def warnings(kube: KubeApi, name: str) -> list[str]:
     events = get_json(kube, "events", "--field-selector", f"involvedObject.name={name},type=Warning")
     return [e["reason"] for e in events["items"]]

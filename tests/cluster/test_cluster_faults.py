@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import get_json, node_logs, uploaded_job
+from tests.cluster.conftest import get_json, status, step, uploaded_job, wait_status
 from tests.fixtures.cluster import ControlPlane
 from tests.fixtures.kube import KubeApi, eventually
 from tests.fixtures.kubelet import NodePool
@@ -20,25 +19,6 @@ from tests.fixtures.s3 import S3Server
 pytestmark = pytest.mark.slow
 OPERATOR = "app.kubernetes.io/name=finetune-operator,app.kubernetes.io/component=operator"
 ATTEMPT, INDEX = "finetune.dev/attempt", "batch.kubernetes.io/job-completion-index"
-
-
-def status(kube: KubeApi, name: str) -> dict[str, Any]:
-    return get_json(kube, "ftj", name).get("status") or {}
-
-
-def wait_status(kube: KubeApi, name: str, check: Any, timeout: float, what: str,
-                nodes: NodePool | None) -> dict[str, Any]:  # fmt: skip
-    try:
-        return eventually(lambda: (s := status(kube, name)) and check(s) and s, timeout=timeout, interval=1,
-                          what=what)  # fmt: skip
-    except AssertionError:
-        print(kube.kubectl("get", "pods,ftj,events", "-o", "wide", check=False).stdout[-8000:])
-        print(node_logs(nodes))
-        raise
-
-
-def step(s: dict[str, Any]) -> int:
-    return int((s.get("progress") or {}).get("step") or 0)
 
 
 def test_a_job_survives_an_eviction_control_plane_crashes_and_losing_its_operator_pod(

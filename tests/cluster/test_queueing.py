@@ -11,33 +11,15 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import get_json, node_logs, uploaded_job
+from tests.cluster.conftest import get_json, step, uploaded_job, wait_status
 from tests.cluster.test_finetunejob_api import columns
-from tests.fixtures.kube import KubeApi, eventually
+from tests.fixtures.kube import KubeApi
 from tests.fixtures.kubelet import NodePool
 from tests.fixtures.kueue import PRIORITY_LABEL, QUEUE_LABEL, Kueue, delete_queues, priority_classes, queues, set_quota
 from tests.fixtures.s3 import S3Server
 
 pytestmark = pytest.mark.slow
 ATTEMPT, INDEX = "finetune.dev/attempt", "batch.kubernetes.io/job-completion-index"
-
-
-def status(kube: KubeApi, name: str) -> dict[str, Any]:
-    return get_json(kube, "ftj", name).get("status") or {}
-
-
-def wait(kube: KubeApi, name: str, check: Any, timeout: float, what: str, nodes: NodePool | None) -> dict[str, Any]:
-    try:
-        return eventually(lambda: (s := status(kube, name)) and check(s) and s, timeout=timeout, interval=1,
-                          what=what)  # fmt: skip
-    except AssertionError:
-        print(kube.kubectl("get", "pods,jobs,ftj,workloads,events", "-o", "wide", check=False).stdout[-8000:])
-        print(node_logs(nodes))
-        raise
-
-
-def step(s: dict[str, Any]) -> int:
-    return int((s.get("progress") or {}).get("step") or 0)
 
 
 def condition(s: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -67,7 +49,7 @@ def test_a_queued_job_waits_with_kueues_reason_then_runs_as_one_gang(
     kube.kubectl("apply", "-f", "-", stdin=json.dumps(queued_job("gang", kube.namespace, s3_server, tiny_bert,
                                                                  sentiment_csv)))  # fmt: skip
     # Two workers of one cpu each under a quota of one: nothing starts, not even one pod.
-    waiting = wait(kube, "gang", lambda s: s.get("phase") == "Queued" and s.get("reason") == "Pending", 90,
+    waiting = wait_status(kube, "gang", lambda s: s.get("phase") == "Queued" and s.get("reason") == "Pending", 90,
                    "Queued with Kueue's reason", kube_nodes)  # fmt: skip
     assert "insufficient quota for cpu" in waiting["message"], waiting
     assert condition(waiting, "Queued")["status"] == "True"
@@ -79,7 +61,7 @@ def test_a_queued_job_waits_with_kueues_reason_then_runs_as_one_gang(
     assert "activeSince" not in waiting
 
     set_quota(kube, queue, "2")  # room for the whole gang: admitted at once, both pods together
-    final = wait(kube, "gang", lambda s: s.get("phase") in ("Succeeded", "Failed"), 420, "the job finished",
+    final = wait_status(kube, "gang", lambda s: s.get("phase") in ("Succeeded", "Failed"), 420, "the job finished",
                  kube_nodes)  # fmt: skip
     assert final["phase"] == "Succeeded" and final["restarts"] == 0, final
     reasons = [e["reason"] for e in get_json(kube, "events", "--field-selector", "involvedObject.name=gang")["items"]]
@@ -98,22 +80,22 @@ def test_a_preempted_job_goes_back_to_queued_and_resumes_with_no_step_lost(
     low = queued_job("low", kube.namespace, s3_server, tiny_bert, sentiment_csv, f"{kube.namespace}-low")
     low["spec"]["hyperparameters"].update(maxSteps=200, evalSteps=100)
     kube.kubectl("apply", "-f", "-", stdin=json.dumps(low))
-    before = wait(kube, "low", lambda s: s.get("phase") == "Running" and step(s) >= 25, 300,
+    before = wait_status(kube, "low", lambda s: s.get("phase") == "Running" and step(s) >= 25, 300,
                   "the low-priority job training past its first checkpoint", kube_nodes)  # fmt: skip
 
     high = queued_job("high", kube.namespace, s3_server, tiny_bert, sentiment_csv, f"{kube.namespace}-high")
     kube.kubectl("apply", "-f", "-", stdin=json.dumps(high))
-    preempted = wait(kube, "low", lambda s: s.get("phase") == "Queued" and s.get("reason") == "Preempted", 120,
+    preempted = wait_status(kube, "low", lambda s: s.get("phase") == "Queued" and s.get("reason") == "Preempted", 120,
                      "the low-priority job preempted", kube_nodes)  # fmt: skip
     assert "resumes from it when admitted again" in preempted["message"], preempted
     assert preempted["restarts"] == 0 and preempted["attempt"] == 1
     at_preemption = step(preempted)
     assert at_preemption >= step(before)
 
-    done = wait(kube, "high", lambda s: s.get("phase") in ("Succeeded", "Failed"), 420, "the high-priority job "
+    done = wait_status(kube, "high", lambda s: s.get("phase") in ("Succeeded", "Failed"), 420, "the high-priority job "
                 "finished", kube_nodes)  # fmt: skip
     assert done["phase"] == "Succeeded", done
-    final = wait(kube, "low", lambda s: s.get("phase") in ("Succeeded", "Failed"), 600,
+    final = wait_status(kube, "low", lambda s: s.get("phase") in ("Succeeded", "Failed"), 600,
                  "the low-priority job readmitted and finished", kube_nodes)  # fmt: skip
     assert final["phase"] == "Succeeded", final
     assert final["restarts"] == 0 and final["attempt"] == 1 and final.get("disruptions", 0) == 0, final
@@ -136,7 +118,7 @@ def test_a_bad_dataset_fails_once_without_retries(
     wrong.write_text("review,stars\ngood,5\nbad,1\n")
     job = uploaded_job("baddata", s3_server, tiny_bert, (wrong, sentiment_csv[1]))
     kube.kubectl("apply", "-f", "-", stdin=json.dumps(job))
-    final = wait(kube, "baddata", lambda s: s.get("phase") in ("Succeeded", "Failed"), 300, "the job failed",
+    final = wait_status(kube, "baddata", lambda s: s.get("phase") in ("Succeeded", "Failed"), 300, "the job failed",
                  kube_nodes)  # fmt: skip
     assert (final["phase"], final["reason"]) == ("Failed", "InvalidInput"), final
     assert "text" in final["message"], final  # the trainer's error names the missing column
