@@ -194,6 +194,10 @@ class Controller:
             log.info("%s/%s: %s: %s", meta.namespace, meta.name, ev.reason, ev.message)
         if decision.restarted:
             self.metrics.restarts.labels(meta.namespace, meta.name).inc()
+        if decision.disrupted:
+            self.metrics.disruptions.labels(meta.namespace, meta.name).inc()
+        if decision.steps_redone:
+            self.metrics.steps_redone.labels(meta.namespace, meta.name).inc(decision.steps_redone)
         if decision.publish_failed:
             self.metrics.publish_failures.labels(meta.namespace, meta.name).inc()
         if decision.published_seconds is not None:

@@ -26,6 +26,8 @@ class Decision:
     events: list[Event] = field(default_factory=list)
     requeue: float | None = None
     restarted: bool = False
+    disrupted: bool = False  # of which a disruption (not spent against backoffLimit)
+    steps_redone: int = 0  # steps a restart's new attempt trains again, known once it says where it resumed
     published_seconds: float | None = None
     publish_failed: bool = False
 

@@ -13,6 +13,7 @@ from finetune_operator import admission, api, observed, settings, startup
 from finetune_operator.controller import Controller
 from finetune_operator.metrics import METRICS
 from finetune_operator.names import APP, JOB_LABEL, NAME_LABEL
+from finetune_operator.status import parse_time
 
 SETTINGS = settings.current()
 CONTROLLER = Controller(SETTINGS)
@@ -36,9 +37,12 @@ async def close(**_: Any) -> None:
 
 @kopf.index(**JOBS)
 async def jobs_by_namespace(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict:
-    """Jobs, their phases and whether they are stalled, by namespace, for the jobs-by-phase metrics."""
+    """Jobs, their phases, whether they are stalled and their newest checkpoint, by namespace, for the metrics."""
     stalled = any(c.get("type") == "Stalled" and c.get("status") == "True" for c in status.get("conditions") or [])
-    return {namespace: (name, status.get("phase"), stalled)}
+    checkpoint = status.get("lastCheckpoint") or {}
+    when = parse_time(checkpoint.get("time"))
+    return {namespace: (name, status.get("phase"), stalled, checkpoint.get("step"),
+                        when.timestamp() if when else None)}  # fmt: skip
 
 
 @kopf.index("pods", **CHILDREN)

@@ -21,23 +21,15 @@ pods, Kueue's Workloads and progress.json, asks Triton about the published model
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from finetune_operator import api, ensemble_status, names, resources
 from finetune_operator import status as status_model
 from finetune_operator.decision import Decision, Event, JobMeta
 from finetune_operator.ensemble_steps import members
-from finetune_operator.observed import (
-    Failure,
-    JobView,
-    Observed,
-    PodView,
-    Refusal,
-    classify,
-    create_failure_reason,
-    job_failure,
-)
+from finetune_operator.failures import Failure, advice, classify, create_failure_reason, job_failure, primary
+from finetune_operator.observed import JobView, Observed, PodView, Refusal
 from finetune_operator.settings import Settings
 from finetune_operator.status import (
     EXPORTING,
@@ -80,12 +72,21 @@ class _Machine:
     def phase(self) -> str:
         return self.s.get("phase") or ""
 
-    def transition(self, phase: str, reason: str, message: str, warning: bool = False) -> None:
+    def transition(self, phase: str, reason: str, message: str, warning: bool = False,
+                   cause: str | None = None) -> None:  # fmt: skip
+        """Enter ``phase`` for ``reason``; ``status.advice`` says what to do about it (or about ``cause``, the
+        failure behind a reason such as BackoffLimitExceeded), and so does a Warning event."""
         if phase == self.phase and self.s.get("reason") == reason:
             return
         self.count_active(phase in ACTIVE)
         status_model.set_phase(self.s, phase, reason, message, timestamp(self.now), self.meta.generation)
-        self.d.events.append(Event("Warning" if warning else "Normal", reason, message))
+        hint = advice(cause or reason)
+        if hint:
+            self.s["advice"] = hint
+        else:
+            self.s.pop("advice", None)
+        said = f"{message}. What to do: {hint}" if hint and warning else message
+        self.d.events.append(Event("Warning" if warning else "Normal", reason, said))
 
     def count_active(self, active: bool) -> None:
         """Start or stop the clock of activeDeadlineSeconds: ``activeSince`` while admitted; the time spent is
@@ -397,21 +398,23 @@ class _Machine:
         if disruption is not None:
             # Not the job's failure: no backoff, backoffLimit untouched.
             self.s["disruptions"] = int(self.s.get("disruptions") or 0) + 1
+            self.interrupted(attempt - 1, disruption.reason)
             self.s["attempt"] = attempt
             self.s["retryAfter"] = timestamp(self.now)
-            self.d.restarted = True
+            self.d.restarted = self.d.disrupted = True
             self.wake_in(0.05)
             self.transition(RESTARTING, disruption.reason, f"{disruption.message}; restarting as attempt {attempt} "
                             "from the latest checkpoint (a disruption: backoffLimit is not spent)",
                             warning=True)  # fmt: skip
             return
-        first = failures[0]
+        first = primary(failures)
         restarts = int(self.s.get("restarts") or 0)
         if restarts >= self.job.spec.backoff_limit:
             message = f"{first.message}; backoffLimit {self.job.spec.backoff_limit} restarts spent"
-            self.transition(FAILED, "BackoffLimitExceeded", message, warning=True)
+            self.transition(FAILED, "BackoffLimitExceeded", message, warning=True, cause=first.reason)
             return
         delay = self.settings.backoff(restarts)
+        self.interrupted(attempt - 1, first.reason)
         self.s["restarts"] = restarts + 1
         self.s["attempt"] = attempt
         self.s["retryAfter"] = timestamp(self.now + timedelta(seconds=delay))
@@ -420,6 +423,50 @@ class _Machine:
         message = f"{first.message}; restart {restarts + 1}/{self.job.spec.backoff_limit} as attempt " \
                   f"{self.s['attempt']} in {delay:g}s from the latest checkpoint"  # fmt: skip
         self.transition(RESTARTING, first.reason, message, warning=True)
+
+    def interrupted(self, attempt: int, reason: str) -> None:
+        """Record the restart of ``attempt`` in ``status.interruptions``: its last step and the newest checkpoint
+        known now; the steps redone are settled once the next attempt says where it resumed (read_progress)."""
+        entries = self.s.setdefault("interruptions", [])
+        if entries and "stepsRedone" not in entries[-1]:
+            self.settle(entries[-1], None)  # the next attempt stopped before it said: take what was known
+        progress = self.s.get("progress") or {}
+        entry: dict[str, Any] = {"attempt": attempt, "reason": reason, "time": timestamp(self.now),
+                                 "step": int(progress.get("step") or 0)}  # fmt: skip
+        stage = progress.get("stage")
+        if stage:
+            entry["stage"] = stage
+        if stage != contract.STAGE_PRETRAINING:
+            entry["checkpointStep"] = int((self.s.get("lastCheckpoint") or {}).get("step") or 0)
+        entries.append(entry)
+        del entries[: -status_model.INTERRUPTIONS_KEPT]
+
+    def settle(self, entry: dict[str, Any], resumed_from: int | None) -> None:
+        """The steps an interruption cost: from the step the next attempt resumed from to the last one reached."""
+        start = resumed_from if resumed_from is not None else entry.get("checkpointStep")
+        if start is None:
+            return  # the pretraining stage: not measured
+        redone = max(int(entry.get("step") or 0) - start, 0)
+        entry.update(checkpointStep=start, stepsRedone=redone)
+        self.s["stepsRedone"] = int(self.s.get("stepsRedone") or 0) + redone
+        self.d.steps_redone += redone
+
+    def read_checkpoint(self, record: contract.ProgressRecord) -> None:
+        """``status.lastCheckpoint`` and the settling of the last interruption, from a progress record."""
+        ckpt = record.checkpoint
+        last = self.s.get("lastCheckpoint") or {}
+        if ckpt is not None and record.stage != contract.STAGE_PRETRAINING and ckpt.step >= int(last.get("step") or 0):
+            when = datetime.fromtimestamp(ckpt.time, UTC) if ckpt.time else self.now
+            self.s["lastCheckpoint"] = {"step": ckpt.step, "time": timestamp(when), "uri": ckpt.uri}
+        entries = self.s.get("interruptions") or []
+        entry = entries[-1] if entries and "stepsRedone" not in entries[-1] else None
+        if entry is None or record.attempt is None:
+            return
+        if record.attempt == entry["attempt"]:  # the stopped attempt's last words, read late
+            entry["step"] = max(int(entry.get("step") or 0), record.step)
+        elif (record.attempt > entry["attempt"] and record.resumed_from is not None
+              and record.stage == entry.get("stage")):  # fmt: skip
+            self.settle(entry, record.resumed_from)
 
     def backing_off(self) -> bool:
         """Whether ``status.retryAfter`` (a worker group's or an export's backoff) is still ahead; once it has
@@ -557,6 +604,7 @@ class _Machine:
         record = contract.ProgressRecord.from_dict(self.observed.progress)
         if record is None or self.phase not in TRAINING:
             return
+        self.read_checkpoint(record)
         progress, metrics = status_model.progress_fields(record)
         if progress.get("step") != (self.s.get("progress") or {}).get("step") or progress.get("stage") != (
             self.s.get("progress") or {}

@@ -1,20 +1,16 @@
 """What the phase machine sees of a job's world, summarised by the caller: its Jobs (JobView) and their pods
 (PodView), from the objects kopf indexes, Kueue's word on a queued Job (its Workload), the published model as
-Triton reports it (Served), its progress record; why a pod failed, and whether retrying can help (classify);
-which version the export pod published."""
+Triton reports it (Served), its progress record; which version the export pod published. Why a pod failed is
+failures.py's."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_operator import names
 from finetune_operator.status import EXPORTING, PUBLISHING
 from finetune_trainer import contract
-
-# Where the failure summary of torchrun names the first failed worker's exit code.
-_ROOT_CAUSE = re.compile(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", re.S)
 
 
 @dataclass(frozen=True)
@@ -259,67 +255,6 @@ class Observed:
     refused: Refusal | None = None
     members: list[dict[str, Any] | None] | None = None  # an ensemble's member progress records, by index
     ensemble_metrics: dict[str, Any] | None = None  # its combine step's held-out metrics (ensemble/metrics.json)
-
-
-def create_failure_reason(message: str) -> str:
-    """The job's reason for a FailedCreate event of its Job (what the API server told the Job controller)."""
-    text = message.lower()
-    if "exceeded quota" in text:
-        return "QuotaExceeded"
-    if "podsecurity" in text:
-        return "PodSecurityViolation"
-    if "forbidden" in text:  # a LimitRange, an admission webhook
-        return "Forbidden"
-    return "FailedCreate"
-
-
-@dataclass(frozen=True)
-class Failure:
-    permanent: bool
-    reason: str
-    message: str
-    disruption: bool = False  # the cluster stopped it (eviction, drain, lost node): not the job's failure
-
-
-def classify(pod: PodView) -> Failure | None:
-    """Why a pod failed, and whether retrying can help; None when it has not failed."""
-    if pod.disrupted:
-        said = f": {pod.disrupted_message}" if pod.disrupted_message else ""
-        return Failure(False, "Disrupted", f"pod {pod.name} was disrupted ({pod.disrupted}){said}", disruption=True)
-    if pod.deleting:
-        return Failure(False, "PodDeleted", f"pod {pod.name} was deleted")
-    if pod.reason in ("Evicted", "Preempting") or pod.phase == "Unknown" or pod.reason == "NodeLost":
-        why = "NodeLost" if pod.phase == "Unknown" or pod.reason == "NodeLost" else "Evicted"
-        return Failure(False, why, f"pod {pod.name}: {pod.message or why}", disruption=True)
-    if pod.phase != "Failed":
-        return None
-    code = pod.exit_code
-    said = contract.parse_termination(pod.message)  # the trainer's own lines; a log tail holds them too
-    root = _ROOT_CAUSE.search(pod.message or "")
-    worker_code = said.exit_code if said.exit_code is not None else int(root.group(1)) if root else code
-    if code in contract.PERMANENT_EXITS or worker_code in contract.PERMANENT_EXITS:
-        text = said.error or f"exit code {worker_code} (bad input); see `finetune logs`"
-        return Failure(True, "InvalidInput", f"pod {pod.name}: {text}")
-    if pod.reason == "OOMKilled":
-        return Failure(False, "OOMKilled", f"pod {pod.name} ran out of memory")
-    if code in contract.SIGNAL_EXITS or worker_code in contract.SIGNAL_EXITS:
-        return Failure(False, "Killed", f"pod {pod.name} was stopped by a signal (exit code {code})")
-    tail = f": {said.error}" if said.error else ""
-    return Failure(False, "WorkerFailed", f"pod {pod.name} failed with exit code {code}{tail}")
-
-
-_EXIT_CODE = re.compile(r"exit code (-?\d+)")
-
-
-def job_failure(job: JobView, default: str = "WorkerFailed") -> Failure:
-    """Why a Job failed, from its Failed condition, when its failed pods are no longer there to say."""
-    said = job.failed_message or job.failed_reason or "failed"
-    if "DisruptionTarget" in said:
-        return Failure(False, "Disrupted", f"job {job.name}: {said}", disruption=True)
-    code = _EXIT_CODE.search(said)
-    if code and int(code.group(1)) in contract.PERMANENT_EXITS:
-        return Failure(True, "InvalidInput", f"job {job.name}: {said} (bad input); see `finetune logs`")
-    return Failure(False, default, f"job {job.name}: {said}")
 
 
 def wants_confirmation(status: dict | None, pods: list[PodView]) -> bool:

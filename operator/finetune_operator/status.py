@@ -79,6 +79,35 @@ class EnsembleStatus(Section):
     )
 
 
+class CheckpointStatus(Section):
+    """The newest committed checkpoint, as the trainer reports it (a restart resumes from it)."""
+
+    step: int = Field(ge=0)
+    time: Time
+    uri: str
+
+
+class Interruption(Section):
+    """One restart of the worker group: why, where the old attempt was, and how many steps the next redoes."""
+
+    attempt: int = Field(ge=1, description="The attempt that stopped.")
+    reason: str
+    time: Time
+    stage: Literal["pretraining", "finetuning"] | None = None
+    step: int = Field(0, ge=0, description="The last step the stopped attempt reported.")
+    checkpoint_step: int | None = Field(
+        None, ge=0, description="The step the next attempt resumed from (0: from the start); until it says, the "
+        "newest checkpoint known when it stopped."
+    )  # fmt: skip
+    steps_redone: int | None = Field(
+        None, ge=0, description="step - checkpointStep, once the next attempt said where it resumed (absent for "
+        "the pretraining stage, which keeps its own checkpoints)."
+    )  # fmt: skip
+
+
+INTERRUPTIONS_KEPT = 10
+
+
 class FineTuneJobStatus(Section):
     """Observed state, written by the operator only."""
 
@@ -99,6 +128,13 @@ class FineTuneJobStatus(Section):
         "backoffLimit."
     )  # fmt: skip
     attempt: int = Field(0, ge=0)
+    advice: str | None = Field(None, description="What to do about the current reason, where something can be done.")
+    last_checkpoint: CheckpointStatus | None = None
+    interruptions: list[Interruption] = Field(
+        default_factory=list, max_length=INTERRUPTIONS_KEPT,
+        description=f"The last {INTERRUPTIONS_KEPT} worker-group restarts (failures and disruptions).",
+    )  # fmt: skip
+    steps_redone: int = Field(0, ge=0, description="Steps trained again after restarts, over the job's life.")
     active_seconds: Finite = Field(
         0.0, ge=0, description="Time spent admitted (not Queued or Suspended) before active_since: what "
         "activeDeadlineSeconds counts."

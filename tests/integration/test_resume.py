@@ -179,7 +179,7 @@ def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tmp_path, tiny_bert,
     storage = s3_server.url("preempted")
     cfg = config(tmp_path, tiny_bert, sentiment_csv, storage)
     env = s3_server.env()
-    proc = start(cfg, env, nproc=1)
+    proc = start(cfg, {**env, "FINETUNE_ATTEMPT": "1"}, nproc=1)
     wait_for_step(cfg, proc, EVERY + 3)
     started = time.monotonic()
     os.killpg(proc.pid, signal.SIGTERM)  # what the kubelet sends when a pod is deleted or preempted
@@ -195,11 +195,17 @@ def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tmp_path, tiny_bert,
         for key in env:
             os.environ.pop(key, None)
     assert latest is not None and latest.step > EVERY, "a checkpoint beyond the periodic one was committed"
+    # What the operator reads: the final checkpoint, written before the trainer stopped.
+    said = json.loads((tmp_path / "progress.json").read_text())
+    assert said["checkpoint"]["step"] == latest.step and said["attempt"] == 1 and said["resumedFrom"] == 0
+    assert said["checkpoint"]["uri"] == f"{store.url}/{latest.key}"
 
-    proc = start(cfg, env, nproc=1)
+    proc = start(cfg, {**env, "FINETUNE_ATTEMPT": "2"}, nproc=1)
     assert finish(proc, cfg) == 0, logs(cfg)[-3000:]
     assert f"resumed from checkpoint at step {latest.step}" in logs(cfg)
     assert [h["step"] for h in metrics(cfg)["history"]] == list(range(1, STEPS + 1))
+    said = json.loads((tmp_path / "progress.json").read_text())
+    assert said["attempt"] == 2 and said["resumedFrom"] == latest.step and said["checkpoint"]["step"] >= latest.step
 
 
 def test_single_process_sigterm_exit_code(tmp_path, tiny_bert, sentiment_csv, s3_server):

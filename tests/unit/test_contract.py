@@ -33,6 +33,31 @@ def test_a_long_error_is_cut_but_keeps_its_exit_code(message_file) -> None:
     assert said.exit_code == 3 and said.error is not None and said.error.endswith("...")
 
 
+def test_a_crash_keeps_the_first_error_of_the_pod(message_file) -> None:
+    """Ranks that fail after the first (a collective with a dead peer) do not hide the cause."""
+    contract.fail("OutOfMemoryError: CUDA out of memory.\nTried to allocate 2.00 GiB", 1, first=True)
+    contract.fail("DistBackendError: NCCL communicator was aborted", 1, first=True)
+    said = contract.parse_termination(message_file.read_text())
+    assert said == contract.Termination(error="OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+                                        exit_code=1)  # fmt: skip
+    assert contract.read_termination() == said
+    contract.fail("dataset.train: no such file", 2)  # without first: the newest word
+    assert contract.read_termination().exit_code == 2
+
+
+def test_the_progress_record_carries_the_checkpoint_and_where_the_attempt_resumed() -> None:
+    ckpt = contract.CheckpointRecord(step=40, time=1767268800.0, uri="s3://ckpt/ml/a/uid/checkpoint-00000040")
+    record = contract.ProgressRecord(step=47, total_steps=100, attempt=2, resumed_from=40, checkpoint=ckpt)
+    raw = json.loads(record.to_json())
+    assert raw["checkpoint"] == {"step": 40, "time": 1767268800.0, "uri": "s3://ckpt/ml/a/uid/checkpoint-00000040"}
+    assert (raw["attempt"], raw["resumedFrom"]) == (2, 40)
+    assert contract.ProgressRecord.from_dict(raw) == record
+    # An older trainer's record has none of them; a malformed one is dropped field by field.
+    old = contract.ProgressRecord.from_dict({"step": 3, "attempt": "2", "checkpoint": {"step": "x"}})
+    assert old is not None and (old.attempt, old.resumed_from, old.checkpoint) == (None, None, None)
+    assert "checkpoint" not in contract.ProgressRecord(step=1).to_dict()
+
+
 def test_published_round_trip(message_file) -> None:
     assert contract.write_termination(contract.published_line("sentiment", 7, reused=True))
     said = contract.parse_termination(message_file.read_text())

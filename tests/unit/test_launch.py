@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -150,3 +152,58 @@ def test_operator_command_carries_the_spec_timeouts() -> None:
     parsed_back = launch.parse(command[3:], {"JOB_COMPLETION_INDEX": "1"})  # what the pod's launcher makes of it
     assert (parsed_back.join_timeout, parsed_back.read_timeout, parsed_back.nnodes) == (1200, 120, 2)
     assert names.rendezvous_endpoint("job", 1, 1) == "localhost:0"
+
+
+def test_a_bad_input_exit_code_of_the_workers_is_the_pods(tmp_path, monkeypatch) -> None:
+    """torchrun exits 1 whatever its workers' codes; the launcher exits 2 where they reported bad input, so the
+    Job's pod failure policy (FailJob on exit code 2) matches."""
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    monkeypatch.setenv("FINETUNE_TERMINATION_LOG", str(log))
+    worker = (
+        "import sys; from finetune_trainer import contract; "
+        "contract.fail('dataset.path x.csv: no such file', contract.EXIT_BAD_INPUT); sys.exit(1)"
+    )
+    assert launch.run([sys.executable, "-c", worker]) == 2
+    assert "dataset.path x.csv" in log.read_text()
+
+
+def test_other_failures_keep_torchruns_exit_code(tmp_path, monkeypatch) -> None:
+    log = tmp_path / "termination-log"
+    log.write_text("error: RuntimeError: boom\nexitcode: 1")
+    monkeypatch.setenv("FINETUNE_TERMINATION_LOG", str(log))
+    assert launch.run([sys.executable, "-c", "raise SystemExit(1)"]) == 1
+    assert launch.run([sys.executable, "-c", "pass"]) == 0
+
+
+def test_sigterm_reaches_torchrun_and_its_signal_becomes_the_exit_code(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("FINETUNE_TERMINATION_LOG", str(tmp_path / "none"))
+    ready = tmp_path / "ready"
+    child = (
+        "import pathlib, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "time.sleep(60)\n"
+    )
+    code = (
+        "import sys; from finetune_trainer import launch; "
+        f"sys.exit(launch.run([sys.executable, '-c', {child!r}]))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        for _ in range(200):
+            if ready.exists():
+                break
+            time.sleep(0.05)
+        assert ready.exists(), "the child never started"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_killed_torchrun_exits_as_a_shell_says() -> None:
+    assert launch.exit_code(-9, launch.contract.Termination()) == 137
+    assert launch.exit_code(1, launch.contract.Termination(exit_code=2)) == 2
+    assert launch.exit_code(0, launch.contract.Termination(exit_code=2)) == 0

@@ -15,13 +15,13 @@ import pytest
 
 from finetune_operator import lifecycle as L
 from finetune_operator.decision import Decision, JobMeta
+from finetune_operator.failures import classify
 from finetune_operator.observed import (
     Admission,
     JobView,
     Observed,
     PodView,
     Served,
-    classify,
     pod_view,
     published_version,
     wants_confirmation,
@@ -299,7 +299,7 @@ def test_bad_input_fails_at_once_with_the_trainers_error_line(exit_code: int) ->
     assert not step(d.status, [pod], at=60).create
 
 
-@pytest.mark.parametrize(("code", "reason", "permanent"), [(2, "InvalidInput", True), (3, "WorkerFailed", False)])
+@pytest.mark.parametrize(("code", "reason", "permanent"), [(2, "InvalidInput", True), (3, "StorageUnavailable", False)])
 def test_the_trainers_termination_message_names_the_workers_exit_code(code: int, reason: str, permanent: bool) -> None:
     """On a cluster the kubelet gives the termination message, not the log: torchrun exits 1 and only the
     trainer's `exitcode:` line says whether retrying can help."""

@@ -101,6 +101,29 @@ def _finite(value: Any) -> float | None:
     return value
 
 
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """The newest committed checkpoint a trainer knows of: the one it resumed from or the last it saved."""
+
+    step: int
+    time: float
+    uri: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "time": self.time, "uri": self.uri}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> CheckpointRecord | None:
+        if not isinstance(raw, dict) or not isinstance(raw.get("step"), int) or not isinstance(raw.get("uri"), str):
+            return None
+        when = _finite(raw.get("time"))
+        return cls(step=raw["step"], time=when if when is not None else 0.0, uri=raw["uri"])
+
+
 @dataclass(frozen=True)
 class ProgressRecord:
     """What rank 0 reports while training. Non-finite numbers (a diverged loss, ``maxGradNorm: null``'s NaN
@@ -115,6 +138,9 @@ class ProgressRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     time: float | None = None
     stage: str | None = None  # one of STAGES for a job with stages; None for a plain fine-tune
+    attempt: int | None = None  # the worker group's attempt (ENV_ATTEMPT) that wrote the record
+    resumed_from: int | None = None  # the step this attempt resumed from (0: it started afresh)
+    checkpoint: CheckpointRecord | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", {k: v for k, v in self.metrics.items() if _finite(v) is not None})
@@ -136,6 +162,9 @@ class ProgressRecord:
             "etaSeconds": self.eta_seconds,
             "metrics": dict(self.metrics),
             "time": self.time,
+            **({"attempt": self.attempt} if self.attempt is not None else {}),
+            **({"resumedFrom": self.resumed_from} if self.resumed_from is not None else {}),
+            **({"checkpoint": self.checkpoint.to_dict()} if self.checkpoint is not None else {}),
         }
 
     def to_json(self, indent: int | None = None) -> bytes:
@@ -160,6 +189,9 @@ class ProgressRecord:
             else {},
             time=_finite(raw.get("time")),
             stage=raw.get("stage") if isinstance(raw.get("stage"), str) else None,
+            attempt=_int(raw.get("attempt")),
+            resumed_from=_int(raw.get("resumedFrom")),
+            checkpoint=CheckpointRecord.from_dict(raw.get("checkpoint")),
         )
 
     @classmethod
@@ -203,11 +235,25 @@ def write_termination(*lines: str) -> bool:
     return True
 
 
-def fail(error: object, exit_code: int) -> int:
-    """Report ``error`` as one ``error:`` line on stderr and in the termination message; return ``exit_code``."""
-    line = f"error: {error}"
-    print(line, file=sys.stderr)
-    write_termination(line, f"exitcode: {exit_code}")
+def read_termination() -> Termination:
+    """What this container's termination message says so far (empty where it has none)."""
+    path = os.environ.get(ENV_TERMINATION_LOG, TERMINATION_LOG)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return parse_termination(f.read())
+    except OSError:
+        return Termination()
+
+
+def fail(error: object, exit_code: int, *, first: bool = False) -> int:
+    """Report ``error`` as one ``error:`` line on stderr and in the termination message; return ``exit_code``.
+
+    With ``first``, a termination message that already holds an error is kept: when one rank crashes the
+    others of its pod fail after it (a collective with a dead peer), and the first error is the cause.
+    """
+    print(f"error: {error}", file=sys.stderr)
+    if not (first and read_termination().error):
+        write_termination(f"error: {' '.join(str(error).split())}", f"exitcode: {exit_code}")  # one line
     return exit_code
 
 

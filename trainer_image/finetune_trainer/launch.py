@@ -18,7 +18,10 @@ image pull on one node). So here:
   pod's IP is known (``FINETUNE_POD_IP``), ``--local-addr``: the group's rank 0 publishes that address as the
   workers' MASTER_ADDR, so the workers' process group needs no DNS either.
 
-Then this process becomes torchrun (``os.execv``): signals and exit codes are torchrun's own. Bad options exit with
+Then torchrun runs as this process's child: SIGTERM and SIGINT are passed on to it, and its exit code is this
+process's, except that torchrun exits 1 whatever its workers' codes, so where the workers left a bad-input exit
+code in the termination message (``contract.EXIT_BAD_INPUT``) that code is the pod's: the Job's pod failure
+policy fails the group at once on it instead of after its pods are gone. Bad options exit with
 ``contract.EXIT_BAD_INPUT`` and one line; a host that never came up exits with ``contract.EXIT_FAILED``.
 Nothing here imports torch.
 """
@@ -27,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -231,8 +236,33 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
                 contract.EXIT_FAILED,
             )
     sys.stdout.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", *torchrun_args(launch)])
-    return contract.EXIT_FAILED  # not reached: execv returns only by raising
+    return run([sys.executable, "-m", "torch.distributed.run", *torchrun_args(launch)])
+
+
+def run(command: list[str]) -> int:
+    """Run ``command`` (torchrun) as a child, passing SIGTERM and SIGINT on; the pod's exit code (see above)."""
+    child = subprocess.Popen(command)
+
+    def forward(signum: int, frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return exit_code(code, contract.read_termination())
+
+
+def exit_code(code: int, said: contract.Termination) -> int:
+    """The pod's exit code for torchrun's ``code`` and what the workers wrote in the termination message."""
+    if code < 0:  # killed by a signal: exit as a shell would
+        return 128 - code
+    if code != 0 and said.exit_code in contract.PERMANENT_EXITS:
+        return said.exit_code
+    return code
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from finetune_trainer import contract, dist, evaluate, profiling, run_stats
 from finetune_trainer import data as D
+from finetune_trainer.checkpoint_format import checkpoint_prefix
 from finetune_trainer.config import Precision, TaskType, TrainerConfig
 from finetune_trainer.errors import InputError
 from finetune_trainer.guards import Resized, StepGuard
@@ -38,6 +40,9 @@ from finetune_trainer.preprocessing import Preprocessing
 from finetune_trainer.progress import Progress
 from finetune_trainer.report import plot_curves, write_metrics
 from finetune_trainer.roles import load_roles
+
+if TYPE_CHECKING:
+    from finetune_trainer.checkpoint import SaveStats
 
 log = logging.getLogger("finetune_trainer")
 
@@ -201,7 +206,7 @@ class Trainer:
         self.ckpt = self._checkpoints()
         self.metrics = self._metrics()
         if self.ckpt is not None:
-            self.ckpt.on_saved = lambda s: self.metrics.observe_checkpoint(seconds=s.blocked_seconds, nbytes=s.bytes)
+            self.ckpt.on_saved = self._on_saved
         sink = None
         if self.ckpt is not None:
             store = self.ckpt.storage
@@ -290,8 +295,15 @@ class Trainer:
             if torch.cuda.is_available() and rank_state.get("cuda") is not None:
                 torch.cuda.set_rng_state_all(rank_state["cuda"])
         self.progress.start_step = self.state.step
+        self.progress.checkpointed(info.step, f"{self.ckpt.url}/{info.key}", _created(info.manifest))
         self.progress.message("resumed from checkpoint at step %d (%s)", self.state.step, info.key)
         return True
+
+    def _on_saved(self, stats: SaveStats) -> None:
+        """After each save's upload (on the upload thread; inline for a blocking save)."""
+        self.metrics.observe_checkpoint(seconds=stats.blocked_seconds, nbytes=stats.bytes)
+        if stats.committed and self.ckpt is not None:
+            self.progress.checkpointed(stats.step, f"{self.ckpt.url}/{checkpoint_prefix(stats.step)}")
 
     def _weights_from_checkpoint(self, step: int) -> dict[str, torch.Tensor] | None:
         """The model weights of the committed checkpoint at ``step``, or None (with a message) without one."""
@@ -407,6 +419,7 @@ class Trainer:
                     if dist.any_flag(self.stop_requested, info):
                         self.progress.message("SIGTERM: saving a final checkpoint at step %d", st.step)
                         self.save_checkpoint(blocking=True)
+                        self.progress.write(st.step, st.epoch, {}, "training")  # with the final checkpoint
                         raise Preempted(st.step)
                     if st.step >= self.total_steps or stopped_early:
                         break
@@ -679,8 +692,17 @@ def fit(cfg: TrainerConfig) -> dict[str, Any]:
         trainer.pretraining = stage
         try:
             trainer.resume()
+            trainer.progress.begin(trainer.state.step, trainer.state.epoch)
             return trainer.run()
         finally:
             trainer.close()
     finally:
         dist.close()
+
+
+def _created(manifest: dict[str, Any]) -> float | None:
+    """When a checkpoint was committed (its manifest's ``created``), as a Unix time; None when not said."""
+    try:
+        return datetime.fromisoformat(manifest["created"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer.contract import ProgressRecord
+from finetune_trainer import contract
+from finetune_trainer.contract import CheckpointRecord, ProgressRecord
 
 log = logging.getLogger("finetune_trainer")
 
@@ -44,6 +45,11 @@ class Progress:
         self.file = Path(progress_file) if progress_file and enabled else None
         self.started = time.monotonic()
         self.start_step = start_step
+        attempt = os.environ.get(contract.ENV_ATTEMPT, "")
+        self.attempt = int(attempt) if attempt.isdigit() else None  # the worker group's, on a cluster
+        self.resumed_from: int | None = None
+        # The newest committed checkpoint: set from the upload thread, read by the next record.
+        self.checkpoint: CheckpointRecord | None = None
         self.bar = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
@@ -96,11 +102,24 @@ class Progress:
             metrics={k: v for k, v in values.items() if isinstance(v, int | float)},
             time=time.time(),
             stage=self.stage,
+            attempt=self.attempt,
+            resumed_from=self.resumed_from,
+            checkpoint=self.checkpoint,
         )
         if self.file is not None:
             write_json_atomic(self.file, record.to_dict())
         if self.sink is not None:
             self.sink.post(record.to_json())
+
+    def checkpointed(self, step: int, uri: str, when: float | None = None) -> None:
+        """A checkpoint of ``step`` is committed at ``uri``: the next record says so."""
+        self.checkpoint = CheckpointRecord(step=step, time=time.time() if when is None else when, uri=uri)
+
+    def begin(self, step: int, epoch: float) -> None:
+        """The run starts at ``step`` (0, or the checkpoint it resumed from): one record right away, so the
+        operator sees which step this attempt resumed from before its first logged step."""
+        self.resumed_from = step
+        self.write(step, epoch, {}, "training", None)
 
     def message(self, text: str, *args: Any) -> None:
         if not self.enabled:

@@ -71,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as e:
         logging.getLogger("finetune_trainer").warning("%s", e)
         return contract.EXIT_PREEMPTED
+    except Exception as e:
+        # A crash (CUDA out of memory, a collective that timed out, a bug): the traceback goes to the log as
+        # usual, and its last line to the termination message, where the operator classifies it.
+        contract.fail(f"{type(e).__name__}: {e}", contract.EXIT_FAILED, first=True)
+        raise
     return 0
 
 
