@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from finetune_trainer import data as D
-from finetune_trainer import export, preprocessing
+from finetune_trainer import export, export_inputs, preprocessing
 from finetune_trainer.publish import publish
 
 pytestmark = pytest.mark.slow
@@ -99,7 +99,7 @@ def test_the_modes_really_see_different_tokens(served):
 
 def test_a_model_without_a_recorded_definition_exports_the_old_way_with_a_warning(finetuned_tiny, tmp_path, caplog):
     assert not (finetuned_tiny / preprocessing.FILE).exists()
-    with caplog.at_level(logging.WARNING, logger=export.__name__):
+    with caplog.at_level(logging.WARNING, logger=export_inputs.__name__):
         assert export.main(["--model", str(finetuned_tiny), "--out", str(tmp_path / "export"), "--no-tensorrt"]) == 0
     assert f"no {preprocessing.FILE}" in caplog.text and "first 128 tokens" in caplog.text
     assert preprocessing.load(tmp_path / "export") == preprocessing.legacy(128)

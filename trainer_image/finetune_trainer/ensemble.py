@@ -33,7 +33,9 @@ import numpy as np
 from finetune_trainer import contract, ensemble_graph, preprocessing
 from finetune_trainer.config import TrainerConfig, parse
 from finetune_trainer.errors import InputError
-from finetune_trainer.export import REPORT, SAMPLE_TEXTS, Examples, file_info, onnx_runner, predict, write_report
+from finetune_trainer.export import REPORT, file_info, write_report
+from finetune_trainer.export_inputs import SAMPLE_TEXTS, Examples
+from finetune_trainer.export_parity import onnx_runner, predict
 from finetune_trainer.storage import StorageError
 
 log = logging.getLogger(__name__)

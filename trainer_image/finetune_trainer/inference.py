@@ -23,7 +23,7 @@ class LocalClassifier:
     def __init__(self, folder: str | Path, batch_size: int = 32):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from finetune_trainer.export import input_names, label_names, task_of
+        from finetune_trainer.export_inputs import input_names, label_names, task_of
 
         folder = Path(folder)
         if not (folder / "config.json").is_file():
