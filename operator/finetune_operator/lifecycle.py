@@ -20,15 +20,16 @@ pods, Kueue's Workloads and progress.json, asks Triton about the published model
 
 from __future__ import annotations
 
-import copy
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from finetune_operator import api, ensemble_status, names, resources
+from finetune_operator import api, ensemble_status, interruptions, names, resources
 from finetune_operator import status as status_model
 from finetune_operator.decision import Decision, Event, JobMeta
 from finetune_operator.ensemble_steps import members
-from finetune_operator.failures import Failure, advice, classify, create_failure_reason, job_failure, primary
+from finetune_operator.export_steps import ExportSteps
+from finetune_operator.failures import Failure, classify, create_failure_reason, job_failure, primary
+from finetune_operator.machine import ACTIVE
 from finetune_operator.observed import JobView, Observed, PodView, Refusal
 from finetune_operator.settings import Settings
 from finetune_operator.status import (
@@ -49,110 +50,11 @@ from finetune_trainer import contract
 from finetune_trainer.config import ConfigError
 
 TRAINING = (QUEUED, PENDING, RUNNING, RESTARTING)
-# The phases activeDeadlineSeconds counts: admitted, running or between attempts (not Queued or Suspended).
-ACTIVE = (PENDING, RUNNING, RESTARTING, EXPORTING, PUBLISHING)
-# A pod still terminating this long after its grace period ended is on a node that no longer answers.
-FORCE_DELETE_AFTER = timedelta(seconds=60)
 TERMINAL = (SUCCEEDED, FAILED)
 
 
-class _Machine:
-    """One reconcile: mutates a copy of the status and collects actions into a Decision."""
-
-    def __init__(self, meta: JobMeta, status: dict, observed: Observed, now: datetime, settings: Settings):
-        self.meta, self.observed, self.now, self.settings = meta, observed, now, settings
-        self.d = Decision(status=copy.deepcopy(status or {}))
-        self.s = self.d.status
-        self.job: api.FineTuneJob | None = None
-        self.legacy_layout = status_model.legacy_layout(status)
-
-    # -- small actions --
-
-    @property
-    def phase(self) -> str:
-        return self.s.get("phase") or ""
-
-    def transition(self, phase: str, reason: str, message: str, warning: bool = False,
-                   cause: str | None = None) -> None:  # fmt: skip
-        """Enter ``phase`` for ``reason``; ``status.advice`` says what to do about it (or about ``cause``, the
-        failure behind a reason such as BackoffLimitExceeded), and so does a Warning event."""
-        if phase == self.phase and self.s.get("reason") == reason:
-            return
-        self.count_active(phase in ACTIVE)
-        status_model.set_phase(self.s, phase, reason, message, timestamp(self.now), self.meta.generation)
-        hint = advice(cause or reason)
-        if hint:
-            self.s["advice"] = hint
-        else:
-            self.s.pop("advice", None)
-        said = f"{message}. What to do: {hint}" if hint and warning else message
-        self.d.events.append(Event("Warning" if warning else "Normal", reason, said))
-
-    def count_active(self, active: bool) -> None:
-        """Start or stop the clock of activeDeadlineSeconds: ``activeSince`` while admitted; the time spent is
-        added to ``activeSeconds`` when the job leaves (queued, suspended, finished)."""
-        since = parse_time(self.s.get("activeSince"))
-        if active and since is None:
-            self.s["activeSince"] = timestamp(self.now)
-        elif not active and since is not None:
-            spent = float(self.s.get("activeSeconds") or 0) + max((self.now - since).total_seconds(), 0.0)
-            self.s["activeSeconds"] = round(spent, 3)
-            self.s.pop("activeSince", None)
-
-    def active_seconds(self) -> float:
-        since = parse_time(self.s.get("activeSince"))
-        running = (self.now - since).total_seconds() if since is not None else 0.0
-        return float(self.s.get("activeSeconds") or 0) + max(running, 0.0)
-
-    def wake_in(self, seconds: float) -> None:
-        seconds = max(seconds, 0.05)
-        self.d.requeue = seconds if self.d.requeue is None else min(self.d.requeue, seconds)
-
-    def stop(self, jobs: list[JobView]) -> None:
-        """Delete Jobs (their pods get their grace period: the trainer writes a final checkpoint on SIGTERM;
-        the caller deletes in the foreground, so a Job stays visible until its pods are gone)."""
-        for j in jobs:
-            if not j.deleting and ("jobs", j.name) not in self.d.delete:
-                self.d.delete.append(("jobs", j.name))
-        for p in self.legacy_pods():
-            if not p.finished and not p.deleting:
-                self.d.delete.append(("pods", p.name))
-
-    def force_stuck(self) -> None:
-        """Pods past their grace period and still there: no kubelet is left to confirm them (a lost node).
-        Removing one lets the next attempt start; its processes, if any still run, cannot commit over the new
-        attempt's checkpoints (each attempt commits its own, verified by manifest)."""
-        for p in self.observed.pods:
-            ends = parse_time(p.deletion_time) if p.deleting else None
-            if ends is not None and self.now > ends + FORCE_DELETE_AFTER:
-                self.d.force_delete.append(p.name)
-                self.d.events.append(Event("Warning", "ForceDeleted", f"pod {p.name} was still terminating "
-                                           f"{FORCE_DELETE_AFTER.seconds}s after its grace period (its node "
-                                           "does not answer): deleted with grace 0"))  # fmt: skip
-
-    def jobs(self, component: str) -> list[JobView]:
-        return [j for j in self.observed.jobs if j.component == component]
-
-    def running_jobs(self, component: str | None = None) -> list[JobView]:
-        """Jobs the Job controller has not finished (their pods may run)."""
-        return [j for j in self.observed.jobs if (component is None or j.component == component)
-                and not j.complete and not j.failed]  # fmt: skip
-
-    def pods_of(self, jobs: list[JobView]) -> list[PodView]:
-        uids = {j.uid for j in jobs}
-        return [p for p in self.observed.pods if p.owner_uid in uids]
-
-    def legacy_pods(self) -> list[PodView]:
-        """Worker or export pods an operator from before worker Jobs created (owned by the FineTuneJob)."""
-        return [p for p in self.observed.pods if p.owner_uid == self.meta.uid]
-
-    def stopping(self, component: str, keep: list[JobView]) -> bool:
-        """Whether pods of ``component`` outside ``keep`` still run (an old group writing its last checkpoint)."""
-        uids = {j.uid for j in keep}
-        return any(p.component == component and not p.finished and p.owner_uid not in uids
-                   for p in self.observed.pods)  # fmt: skip
-
-    # -- the machine --
+class _Machine(ExportSteps):
+    """One reconcile: the training phases and the dispatch of all of them."""
 
     def run(self, spec: Any) -> Decision:
         self.s["observedGeneration"] = self.meta.generation
@@ -208,10 +110,6 @@ class _Machine:
         self.transition(self.phase or PENDING, refusal.reason, refusal.describe(), warning=True)
         return False
 
-    @property
-    def queue(self) -> str | None:
-        return self.meta.labels.get(names.QUEUE_LABEL)
-
     def start(self) -> None:
         assert self.job is not None
         self.s["storage"] = resources.job_storage(self.job, self.settings, self.meta.uid)
@@ -241,10 +139,6 @@ class _Machine:
         self.s["attempt"] = int(self.s.get("attempt") or 0) + 1
         self.s.pop("retryAfter", None)
         self.create_group()
-
-    def deadline_left(self) -> int | None:
-        limit = self.job.spec.active_deadline_seconds if self.job else None
-        return None if limit is None else max(int(limit - self.active_seconds()), 1)
 
     def create_group(self) -> None:
         assert self.job is not None
@@ -398,7 +292,7 @@ class _Machine:
         if disruption is not None:
             # Not the job's failure: no backoff, backoffLimit untouched.
             self.s["disruptions"] = int(self.s.get("disruptions") or 0) + 1
-            self.interrupted(attempt - 1, disruption.reason)
+            self.d.steps_redone += interruptions.record(self.s, attempt - 1, disruption.reason, timestamp(self.now))
             self.s["attempt"] = attempt
             self.s["retryAfter"] = timestamp(self.now)
             self.d.restarted = self.d.disrupted = True
@@ -414,7 +308,7 @@ class _Machine:
             self.transition(FAILED, "BackoffLimitExceeded", message, warning=True, cause=first.reason)
             return
         delay = self.settings.backoff(restarts)
-        self.interrupted(attempt - 1, first.reason)
+        self.d.steps_redone += interruptions.record(self.s, attempt - 1, first.reason, timestamp(self.now))
         self.s["restarts"] = restarts + 1
         self.s["attempt"] = attempt
         self.s["retryAfter"] = timestamp(self.now + timedelta(seconds=delay))
@@ -423,60 +317,6 @@ class _Machine:
         message = f"{first.message}; restart {restarts + 1}/{self.job.spec.backoff_limit} as attempt " \
                   f"{self.s['attempt']} in {delay:g}s from the latest checkpoint"  # fmt: skip
         self.transition(RESTARTING, first.reason, message, warning=True)
-
-    def interrupted(self, attempt: int, reason: str) -> None:
-        """Record the restart of ``attempt`` in ``status.interruptions``: its last step and the newest checkpoint
-        known now; the steps redone are settled once the next attempt says where it resumed (read_progress)."""
-        entries = self.s.setdefault("interruptions", [])
-        if entries and "stepsRedone" not in entries[-1]:
-            self.settle(entries[-1], None)  # the next attempt stopped before it said: take what was known
-        progress = self.s.get("progress") or {}
-        entry: dict[str, Any] = {"attempt": attempt, "reason": reason, "time": timestamp(self.now),
-                                 "step": int(progress.get("step") or 0)}  # fmt: skip
-        stage = progress.get("stage")
-        if stage:
-            entry["stage"] = stage
-        if stage != contract.STAGE_PRETRAINING:
-            entry["checkpointStep"] = int((self.s.get("lastCheckpoint") or {}).get("step") or 0)
-        entries.append(entry)
-        del entries[: -status_model.INTERRUPTIONS_KEPT]
-
-    def settle(self, entry: dict[str, Any], resumed_from: int | None) -> None:
-        """The steps an interruption cost: from the step the next attempt resumed from to the last one reached."""
-        start = resumed_from if resumed_from is not None else entry.get("checkpointStep")
-        if start is None:
-            return  # the pretraining stage: not measured
-        redone = max(int(entry.get("step") or 0) - start, 0)
-        entry.update(checkpointStep=start, stepsRedone=redone)
-        self.s["stepsRedone"] = int(self.s.get("stepsRedone") or 0) + redone
-        self.d.steps_redone += redone
-
-    def read_checkpoint(self, record: contract.ProgressRecord) -> None:
-        """``status.lastCheckpoint`` and the settling of the last interruption, from a progress record."""
-        ckpt = record.checkpoint
-        last = self.s.get("lastCheckpoint") or {}
-        if ckpt is not None and record.stage != contract.STAGE_PRETRAINING and ckpt.step >= int(last.get("step") or 0):
-            when = datetime.fromtimestamp(ckpt.time, UTC) if ckpt.time else self.now
-            self.s["lastCheckpoint"] = {"step": ckpt.step, "time": timestamp(when), "uri": ckpt.uri}
-        entries = self.s.get("interruptions") or []
-        entry = entries[-1] if entries and "stepsRedone" not in entries[-1] else None
-        if entry is None or record.attempt is None:
-            return
-        if record.attempt == entry["attempt"]:  # the stopped attempt's last words, read late
-            entry["step"] = max(int(entry.get("step") or 0), record.step)
-        elif (record.attempt > entry["attempt"] and record.resumed_from is not None
-              and record.stage == entry.get("stage")):  # fmt: skip
-            self.settle(entry, record.resumed_from)
-
-    def backing_off(self) -> bool:
-        """Whether ``status.retryAfter`` (a worker group's or an export's backoff) is still ahead; once it has
-        passed it is cleared, and the caller starts the next try."""
-        retry_after = parse_time(self.s.get("retryAfter"))
-        if retry_after is not None and self.now < retry_after:
-            self.wake_in((retry_after - self.now).total_seconds())
-            return True
-        self.s.pop("retryAfter", None)
-        return False
 
     def training_done(self) -> None:
         assert self.job is not None
@@ -490,78 +330,6 @@ class _Machine:
         self.s["exportStartTime"] = timestamp(self.now)
         self.export_job(1)
         self.transition(EXPORTING, "Exporting", "training complete; exporting the model")
-
-    def publishing(self) -> None:
-        assert self.job is not None
-        n = int(self.s.get("exportAttempt") or 1)
-        job = next((j for j in self.jobs(names.EXPORTER) if j.export == n), None)
-        if job is None:
-            if not self.backing_off():
-                self.export_job(n)
-            return
-        pod = next((p for p in self.pods_of([job]) if p.export == n), None)
-        if job.suspended and pod is None:
-            said = self.observed.admissions.get(job.name)
-            message = f"job {job.name}: {said.message or said.reason}" if said else \
-                f"job {job.name} waits for Kueue to admit it (queue {self.queue})"  # fmt: skip
-            self.transition(self.phase, said.reason if said else "Queued", message)
-            self.s["message"] = message
-            return
-        if job.failed or (pod is not None and pod.phase == "Failed"):
-            self.export_failed(job, pod, n)
-            return
-        if pod is None or pod.phase != "Succeeded":
-            if pod is not None and "publish" in pod.running and self.phase == EXPORTING:
-                self.transition(PUBLISHING, "Publishing", "model exported; publishing to the model repository")
-            return
-        if self.phase == EXPORTING:
-            self.transition(PUBLISHING, "Publishing", "model published; waiting for Triton to serve it")
-        self.confirm()
-
-    def export_job(self, n: int) -> None:
-        assert self.job is not None
-        self.d.create.append(resources.export_job(self.job, self.meta.uid, n, self.settings,
-                                                  legacy_layout=self.legacy_layout, job_labels=self.meta.labels))
-
-    def export_failed(self, job: JobView, pod: PodView | None, n: int) -> None:
-        assert self.job is not None
-        failure = (classify(pod) if pod is not None else None) or job_failure(job, "ExportFailed")
-        self.d.publish_failed = True
-        if failure.permanent or n > self.job.spec.backoff_limit:
-            self.transition(FAILED, "PublishFailed", failure.message, warning=True)
-            return
-        # Back off as worker groups do, so that a Triton or repository outage of a minute does not spend every try.
-        delay = self.settings.backoff(n - 1)
-        self.s["exportAttempt"] = n + 1
-        self.s["retryAfter"] = timestamp(self.now + timedelta(seconds=delay))
-        self.wake_in(delay)
-        self.d.events.append(Event("Warning", "ExportRetry", f"{failure.message}; retrying as export {n + 1} in "
-                                   f"{delay:g}s"))  # fmt: skip
-
-    def confirm(self) -> None:
-        assert self.job is not None
-        served = self.observed.served
-        started = parse_time(self.s.get("exportStartTime")) or self.now
-        if served is not None and served.ready:
-            serving = self.job.spec.serving
-            self.s["model"] = {
-                "repository": serving.repository,
-                "name": served.name,
-                "version": served.version,
-                "endpoint": served.endpoint,
-                "ready": True,
-            }
-            self.d.published_seconds = (self.now - started).total_seconds()
-            self.transition(SUCCEEDED, "ModelReady", f"model {served.name} version {served.version} is served "
-                            f"at {served.endpoint}")  # fmt: skip
-            return
-        waited = (self.now - started).total_seconds()
-        if waited >= self.settings.publish_timeout_seconds:
-            self.d.publish_failed = True
-            why = served.message if served else "no answer from Triton"
-            self.transition(FAILED, "PublishFailed", f"model not served after {waited:.0f}s: {why}", warning=True)
-            return
-        self.wake_in(min(2.0, self.settings.poll_seconds))
 
     def finished(self) -> None:
         """Terminal: stop what still runs; after ttlSecondsAfterFinished delete the Jobs (the Job controller's
@@ -604,7 +372,7 @@ class _Machine:
         record = contract.ProgressRecord.from_dict(self.observed.progress)
         if record is None or self.phase not in TRAINING:
             return
-        self.read_checkpoint(record)
+        self.d.steps_redone += interruptions.read(self.s, record, self.now)
         progress, metrics = status_model.progress_fields(record)
         if progress.get("step") != (self.s.get("progress") or {}).get("step") or progress.get("stage") != (
             self.s.get("progress") or {}
