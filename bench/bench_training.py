@@ -245,10 +245,10 @@ def _gpu_name() -> str:
 
 
 def native_bf16() -> bool:
-    """What ``precision: auto`` picks here (finetune_trainer.loop.resolve_precision): bf16 only where native."""
+    """What ``precision: auto`` picks here (finetune_trainer.run_setup.resolve_precision): bf16 only where native."""
     import torch
 
-    from finetune_trainer.loop import resolve_precision
+    from finetune_trainer.run_setup import resolve_precision
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return resolve_precision("auto", device) == torch.bfloat16

@@ -22,10 +22,9 @@ combines them into one model (``finetune_trainer.ensemble``).
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from finetune_operator import api, rendezvous
+from finetune_operator import api, pod_parts, rendezvous
 from finetune_operator.ensemble_spec import Member
 from finetune_operator.ensemble_steps import combine_args, member_job, member_path, members
 from finetune_operator.names import (
@@ -47,12 +46,10 @@ from finetune_operator.names import (
 from finetune_operator.settings import RDZV_PORT, Settings
 from finetune_operator.steps import export_args, publish_args, trainer_config
 from finetune_trainer import contract
-from finetune_trainer.config import S3Spec, TrainerConfig
+from finetune_trainer.config import TrainerConfig
 
 CONFIG_DIR = "/etc/finetune"
 CONFIG_FILE = f"{CONFIG_DIR}/trainer.json"
-WORK_DIR = "/workspace"
-RUN_AS = 1000
 
 
 def spec_errors(job: api.FineTuneJob, settings: Settings) -> list[str]:
@@ -102,110 +99,6 @@ def model_output(job: api.FineTuneJob, settings: Settings, uid: str, *, legacy_l
         return job.spec.output
     storage = job_storage(job, settings, uid, legacy_layout=legacy_layout)
     return f"{storage}/{contract.MODEL_OUTPUT}" if storage else None
-
-
-def s3_env(s3: S3Spec | None) -> list[dict[str, Any]]:
-    """S3 connection variables: credentials by Secret reference, never inline."""
-    if s3 is None:
-        return []
-    env: list[dict[str, Any]] = []
-    if s3.credentials_secret:
-        for var, key in (
-            (contract.ENV_S3_ACCESS_KEY, contract.SECRET_ACCESS_KEY),
-            (contract.ENV_S3_SECRET_KEY, contract.SECRET_SECRET_KEY),
-        ):
-            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": s3.credentials_secret, "key": key}}})
-    if s3.endpoint:
-        env.append({"name": contract.ENV_S3_ENDPOINT, "value": s3.endpoint})
-    if s3.region:
-        env.append({"name": contract.ENV_S3_REGION, "value": s3.region})
-    if s3.addressing_style != "auto":
-        env.append({"name": contract.ENV_S3_ADDRESSING_STYLE, "value": s3.addressing_style})
-    return env
-
-
-def _pod_security() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS,
-        "runAsGroup": RUN_AS,
-        "fsGroup": RUN_AS,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def _container_security() -> dict[str, Any]:
-    return {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "runAsNonRoot": True,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def _resources(res: api.Resources, *, gpus: int | None = None) -> dict[str, Any]:
-    """Requests = limits: cpu and memory as the spec asks, ``gpus`` GPUs (default: gpusPerNode)."""
-    amounts: dict[str, str] = {}
-    if res.cpu:
-        amounts["cpu"] = res.cpu
-    if res.memory:
-        amounts["memory"] = res.memory
-    count = res.gpus_per_node if gpus is None else min(gpus, res.gpus_per_node)
-    if count:
-        amounts["nvidia.com/gpu"] = str(count)
-    return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
-
-
-def _pod_spec(job: api.FineTuneJob, settings: Settings, containers: list[dict], volumes: list[dict]) -> dict:
-    tpl = job.spec.template
-    spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "securityContext": _pod_security(),
-        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
-        "containers": containers,
-        "volumes": volumes,
-    }
-    if tpl.service_account_name:
-        spec["serviceAccountName"] = tpl.service_account_name
-    if tpl.node_selector:
-        spec["nodeSelector"] = dict(tpl.node_selector)
-    if tpl.tolerations:
-        spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in tpl.tolerations]
-    if tpl.affinity:
-        spec["affinity"] = tpl.affinity
-    if tpl.priority_class_name:
-        spec["priorityClassName"] = tpl.priority_class_name
-    if tpl.scheduler_name:
-        spec["schedulerName"] = tpl.scheduler_name
-    if tpl.runtime_class_name:
-        spec["runtimeClassName"] = tpl.runtime_class_name
-    if tpl.image_pull_secrets:
-        spec["imagePullSecrets"] = [{"name": s} for s in tpl.image_pull_secrets]
-    return spec
-
-
-def _container(job: api.FineTuneJob, settings: Settings, name: str, command: list[str], env: list[dict]) -> dict:
-    tpl = job.spec.template
-    base_env = [
-        {"name": "HOME", "value": WORK_DIR},
-        {"name": "HF_HOME", "value": f"{WORK_DIR}/.cache/huggingface"},
-        {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
-        {"name": contract.ENV_TERMINATION_LOG, "value": contract.TERMINATION_LOG},
-    ]
-    container: dict[str, Any] = {
-        "name": name,
-        "image": tpl.image or settings.trainer_image,
-        "command": command,
-        "env": copy.deepcopy(base_env + env + list(tpl.env)),
-        "securityContext": _container_security(),
-        "terminationMessagePath": contract.TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "workingDir": WORK_DIR,
-        "volumeMounts": [{"name": "work", "mountPath": WORK_DIR}],
-    }
-    if tpl.image_pull_policy:
-        container["imagePullPolicy"] = tpl.image_pull_policy
-    return container
 
 
 # --- trainer config -----------------------------------------------------------------------------------------
@@ -294,12 +187,12 @@ def worker_pod_template(job: api.FineTuneJob, uid: str, attempt: int, settings: 
         {"name": contract.ENV_ATTEMPT, "value": str(attempt)},
         {"name": contract.ENV_NODE_INDEX, "valueFrom": {"fieldRef": {"fieldPath": INDEX_FIELD}}},
         rendezvous.POD_IP_ENV,
-        *s3_env(job.spec.checkpoint.s3),
+        *pod_parts.s3_env(job.spec.checkpoint.s3),
     ]
     if not res.gpus_per_node and res.cpu:
         # torchrun sets one thread per process; on CPU share the pod's cores instead.
         env.append({"name": "OMP_NUM_THREADS", "value": str(_threads(res.cpu, res.procs))})
-    container = _container(job, settings, "trainer", worker_command(job, uid, attempt, settings, member), env)
+    container = pod_parts.container(job, settings, "trainer", worker_command(job, uid, attempt, settings, member), env)
     ports = [{"name": "rdzv", "containerPort": RDZV_PORT, "protocol": "TCP"}]
     if settings.trainer_metrics_port:
         # Local process k serves on port + k (finetune_trainer.metrics); the PodMonitor keeps metrics and metrics-N.
@@ -307,7 +200,7 @@ def worker_pod_template(job: api.FineTuneJob, uid: str, attempt: int, settings: 
             port = settings.trainer_metrics_port + k
             ports.append({"name": f"metrics-{k}" if k else "metrics", "containerPort": port, "protocol": "TCP"})
     container["ports"] = ports
-    container["resources"] = _resources(res)
+    container["resources"] = pod_parts.pod_resources(res)
     container["volumeMounts"] += [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
@@ -320,7 +213,7 @@ def worker_pod_template(job: api.FineTuneJob, uid: str, attempt: int, settings: 
         {"name": "work", "emptyDir": {}},
         {"name": "dshm", "emptyDir": shm},
     ]
-    spec = _pod_spec(job, settings, [container], volumes)
+    spec = pod_parts.pod_spec(job, settings, [container], volumes)
     spec["subdomain"] = service_name(name)  # an Indexed Job's pod i is then <job name>-i.<service>
     extra = {"attempt": attempt} | ({} if member is None else {"member": member})
     meta = _metadata(job, uid, "", labels(name, TRAINER, **extra))
@@ -417,22 +310,24 @@ def export_containers(job: api.FineTuneJob, uid: str, settings: Settings, *,
     publish container (the job's uid is its idempotency key: one model version per job). An ensemble has one
     export init container per member and a ``combine`` one after them."""
     py = [settings.trainer_python, "-m", "finetune_trainer"]
-    storage_env = s3_env(job.spec.checkpoint.s3)
+    storage_env = pod_parts.s3_env(job.spec.checkpoint.s3)
     output = model_output(job, settings, uid, legacy_layout=legacy_layout)
     steps = []
     for m in members(job) or [None]:
-        where = f"{WORK_DIR}/export" if m is None else f"{member_path(WORK_DIR, m.index)}/export"
+        where = f"{pod_parts.WORK_DIR}/export" if m is None else f"{member_path(pod_parts.WORK_DIR, m.index)}/export"
         one = job if m is None else member_job(job, m)
         model = f"{output if m is None else member_path(output or '', m.index)}/model"
         name = "export" if m is None else f"export-m{m.index}"
-        steps.append(_container(job, settings, name, [*py, *export_args(one, model, where)], storage_env))
+        steps.append(pod_parts.container(job, settings, name, [*py, *export_args(one, model, where)], storage_env))
     if job.spec.ensemble is not None:
-        steps.append(_container(job, settings, "combine", [*py, *_combine(job, uid, settings, legacy_layout)],
+        steps.append(pod_parts.container(job, settings, "combine", [*py, *_combine(job, uid, settings, legacy_layout)],
                                 storage_env))
     for step in steps:
-        step["resources"] = _resources(job.spec.resources, gpus=1)
-    publish = [*py, *publish_args(job, f"{WORK_DIR}/export", gpu=bool(job.spec.resources.gpus_per_node), key=uid)]
-    publisher = _container(job, settings, "publish", publish, s3_env(job.spec.serving.s3) or storage_env)
+        step["resources"] = pod_parts.pod_resources(job.spec.resources, gpus=1)
+    exported = f"{pod_parts.WORK_DIR}/export"
+    publish = [*py, *publish_args(job, exported, gpu=bool(job.spec.resources.gpus_per_node), key=uid)]
+    publish_env = pod_parts.s3_env(job.spec.serving.s3) or storage_env
+    publisher = pod_parts.container(job, settings, "publish", publish, publish_env)
     return steps, publisher
 
 
@@ -440,11 +335,11 @@ def _combine(job: api.FineTuneJob, uid: str, settings: Settings, legacy_layout: 
     """The combine step's arguments: member 0's config names the held-out splits every member shares; the
     ensemble's metrics go to ``<job storage>/ensemble/metrics.json``, where the operator reads them."""
     ms = members(job)
-    exports = [f"{member_path(WORK_DIR, m.index)}/export" for m in ms]
+    exports = [f"{member_path(pod_parts.WORK_DIR, m.index)}/export" for m in ms]
     storage = job_storage(job, settings, uid, legacy_layout=legacy_layout)
     config = member_config_for(job, settings, uid, ms[0], legacy_layout=legacy_layout).model_dump_json(by_alias=True)
     metrics = f"{storage}/{contract.ENSEMBLE_METRICS}" if storage else None
-    return combine_args(job, exports, f"{WORK_DIR}/export", config_json=config, metrics_to=metrics)
+    return combine_args(job, exports, f"{pod_parts.WORK_DIR}/export", config_json=config, metrics_to=metrics)
 
 
 def export_job(job: api.FineTuneJob, uid: str, n: int, settings: Settings, *, legacy_layout: bool = False,
@@ -453,7 +348,7 @@ def export_job(job: api.FineTuneJob, uid: str, n: int, settings: Settings, *, le
     (main container). It asks for the job's cpu and memory and at most one GPU (TensorRT builds on one)."""
     name = job.metadata.name
     steps, publisher = export_containers(job, uid, settings, legacy_layout=legacy_layout)
-    spec = _pod_spec(job, settings, [publisher], [{"name": "work", "emptyDir": {}}])
+    spec = pod_parts.pod_spec(job, settings, [publisher], [{"name": "work", "emptyDir": {}}])
     spec["initContainers"] = steps
     lbls = labels(name, EXPORTER, export=n)
     meta = _metadata(job, uid, "", lbls)

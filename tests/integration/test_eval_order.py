@@ -10,7 +10,9 @@ import torch
 
 from finetune_trainer import dist
 from finetune_trainer.config import TrainerConfig
-from finetune_trainer.loop import EVAL_BATCH_FACTOR, Trainer, prepare_data
+from finetune_trainer.loop import Trainer
+from finetune_trainer.run_setup import prepare_data
+from finetune_trainer.train_eval import EVAL_BATCH_FACTOR
 
 pytestmark = pytest.mark.slow
 

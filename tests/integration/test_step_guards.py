@@ -14,7 +14,8 @@ import torch
 from finetune_trainer import dist
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.guards import OutOfMemory, TrainingDiverged
-from finetune_trainer.loop import Trainer, prepare_data
+from finetune_trainer.loop import Trainer
+from finetune_trainer.run_setup import prepare_data
 
 pytestmark = pytest.mark.slow
 

@@ -1,165 +1,50 @@
-"""The training loop: DDP, AMP, gradient accumulation, clipping, scheduling, evaluation, early stopping,
-checkpoint/resume and the final save. ``fit(config)`` is everything a worker process does."""
+"""The training loop: DDP, AMP, gradient accumulation, clipping, scheduling, evaluation, early stopping and the
+run's summary. ``fit(config)`` is everything a worker process does. What a run starts from is run_setup.py's;
+checkpoint and resume train_checkpoints.py's; scoring a split train_eval.py's; the saved outputs run_summary.py's."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
-import random
 import signal
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from finetune_trainer import contract, dist, evaluate, profiling, run_stats
+from finetune_trainer import contract, dist, evaluate, profiling, run_stats, run_summary
 from finetune_trainer import data as D
-from finetune_trainer.checkpoint_format import checkpoint_prefix
-from finetune_trainer.config import Precision, TaskType, TrainerConfig
+from finetune_trainer.config import TaskType, TrainerConfig
 from finetune_trainer.errors import InputError
 from finetune_trainer.guards import Resized, StepGuard
-from finetune_trainer.limits import check_sequence_length
 from finetune_trainer.model import (
     checkpoint_state,
     load_checkpoint_state,
     load_model,
-    load_tokenizer,
     param_groups,
     parameter_counts,
     prepare,
 )
-from finetune_trainer.preprocessing import Preprocessing
 from finetune_trainer.progress import Progress
-from finetune_trainer.report import plot_curves, write_metrics
-from finetune_trainer.roles import load_roles
-
-if TYPE_CHECKING:
-    from finetune_trainer.checkpoint import SaveStats
+from finetune_trainer.run_setup import (
+    Preempted,
+    Prepared,
+    State,
+    fused_adamw,
+    prepare_data,
+    resolve_precision,
+    seed_everything,
+)
+from finetune_trainer.train_checkpoints import Checkpointing
+from finetune_trainer.train_eval import Evaluation
 
 log = logging.getLogger("finetune_trainer")
 
-EVAL_BATCH_FACTOR = 4  # evaluation batch = 4 x hyperparameters.batchSize
 
-
-
-@dataclass
-class State:
-    """Replicated counters saved in every checkpoint; with the sampler's seed they fix the data order."""
-
-    step: int = 0
-    epoch: int = 0
-    batches_in_epoch: int = 0
-    best_metric: float | None = None
-    best_step: int | None = None
-    bad_evals: int = 0
-    samples: int = 0
-    batch_resizes: list[dict[str, Any]] = field(default_factory=list)
-    history: list[dict[str, float]] = field(default_factory=list)
-    evals: list[dict[str, float]] = field(default_factory=list)
-
-
-@dataclass
-class Prepared:
-    train: D.Encoded
-    validation: D.Encoded
-    test: D.Encoded | None
-    label_names: list[str]
-    tokenizer: Any
-    preprocessing: Preprocessing
-    train_for_epoch: Callable[[int], D.Encoded] | None = None  # with dataset.augmentation: each epoch's rows
-    stats: dict[str, Any] = field(default_factory=dict)
-    teacher_inputs: Any = None  # with spec.distillation: distill.TeacherInputs
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def prepare_data(cfg: TrainerConfig, cache_dir: Path) -> Prepared:
-    """Load, label and tokenize every split; raises InputError for anything a user must fix."""
-    ds, task, hp = cfg.dataset, cfg.task, cfg.hyperparameters
-    check_sequence_length(cfg.model, hp, cache_dir)
-    roles = load_roles(ds, task, cfg.hold_out_seed, cache_dir)
-    train, val, test = roles.train, roles.validation, roles.test
-    names = roles.label_names
-    if task.type != TaskType.REGRESSION:
-        if task.num_labels is not None and len(names) != task.num_labels:
-            raise InputError(f"task.numLabels is {task.num_labels} but the training data has {len(names)} labels")
-        if len(names) < 2 and task.type == TaskType.SINGLE_LABEL:
-            raise InputError(f"dataset.labelColumn: training data has {len(names)} label(s) {names}; need at least 2")
-    tokenizer = load_tokenizer(cfg.model, cache_dir)
-    prep = D.preprocessing_of(ds, hp)
-
-    def encode(split: D.TextSplit) -> D.Encoded:
-        return D.tokenize(split, tokenizer, prep, D.encode_labels(split, names, task))
-
-    teacher = None
-    if cfg.distillation is not None:  # the teacher tokenizes the training rows too
-        from finetune_trainer.distill import TeacherInputs
-
-        teacher = TeacherInputs(cfg.distillation, prep, names, cache_dir)
-    encode_train = teacher.wrap(encode) if teacher else encode
-    splits = {"train": train, "validation": val} | ({"test": test} if test else {})
-    encoded = {role: (encode_train if role == "train" else encode)(split) for role, split in splits.items()}
-    stats = run_stats.data_stats(splits, encoded, names, task.type, tokenizer, prep, hp.seed)
-    val_enc, test_enc = encoded["validation"], encoded.get("test")
-    if ds.augmentation is None:
-        return Prepared(encoded["train"], val_enc, test_enc, names, tokenizer, prep, stats=stats,
-                        teacher_inputs=teacher)
-    from finetune_trainer import augment
-
-    epoch_split = augment.epochs(train, ds.augmentation, hp.seed, cache_dir)
-    for_epoch = functools.lru_cache(maxsize=1)(lambda epoch: encode_train(epoch_split(epoch)))
-    return Prepared(for_epoch(0), val_enc, test_enc, names, tokenizer, prep, for_epoch, stats, teacher)
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Without it oneDNN emulates bf16: on an
-    AVX2-only EPYC a MiniLM training step took about 9x as long under bf16 autocast as in fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return bool(torch.cpu._is_avx512_bf16_supported())
-
-
-def fused_adamw(device: torch.device) -> bool:
-    """torch's fused AdamW kernel where it has one: on CUDA and on the CPU (the Trainer's default optimizer too).
-    On the CPU its step took 0.18x the for-loop implementation's time for MiniLM's 22M parameters."""
-    return device.type in ("cuda", "cpu")
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = fp32). auto picks bf16 where the hardware has it (a GPU with bf16, a CPU with
-    native bf16), else fp16 on an older GPU and fp32 on a CPU without it."""
-    if precision == Precision.FP32:
-        return None
-    if precision == Precision.FP16:
-        if device.type != "cuda":
-            raise InputError("hyperparameters.precision fp16 needs a CUDA GPU; use bf16 or auto on CPU")
-        return torch.float16
-    if device.type == "cpu" and not cpu_has_bf16():
-        if precision == Precision.AUTO:
-            return None
-        log.warning("hyperparameters.precision bf16: this CPU has no native bf16 (AVX512-BF16/AMX); bf16 autocast "
-                    "is emulated here and several times slower than fp32 (precision auto would pick fp32)")
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        if precision == Precision.BF16:
-            raise InputError("hyperparameters.precision bf16 is not supported by this GPU; use fp16 or auto")
-        return torch.float16
-    return torch.bfloat16
-
-
-class Trainer:
+class Trainer(Checkpointing, Evaluation):
     """One worker's view of a fine-tuning run."""
 
     def __init__(self, cfg: TrainerConfig, info: dist.DistInfo, prepared: Prepared):
@@ -250,19 +135,6 @@ class Trainer:
             return torch.nn.BCEWithLogitsLoss(pos_weight=weight)
         return torch.nn.CrossEntropyLoss(weight=weight)
 
-    def _checkpoints(self) -> Any:
-        ck = self.cfg.checkpoint
-        if not ck.storage:
-            return None
-        from finetune_trainer.checkpoint import CheckpointManager
-
-        url = contract.job_prefix(ck.storage, self.cfg.namespace, self.cfg.job_name, self.cfg.job_uid)
-        mode = "min" if self.metric in evaluate.LOWER_IS_BETTER else "max"
-        return CheckpointManager(
-            url, rank=self.info.rank, world_size=self.info.world_size, keep_last=ck.keep_last,
-            keep_best=ck.keep_best, metric_mode=mode, staging_dir=self.out / ".staging" / f"rank{self.info.rank}",
-        )
-
     def _metrics(self) -> Any:
         from finetune_trainer.metrics import TrainingMetrics
 
@@ -271,74 +143,6 @@ class Trainer:
         m.start_server()
         m.set_total_steps(self.total_steps)
         return m
-
-    # --- checkpoint / resume -----------------------------------------------------------------------------
-
-    def resume(self) -> bool:
-        """Continue from the newest committed checkpoint, if any. Returns whether it did."""
-        if self.ckpt is None:
-            return False
-        info = self.ckpt.latest()
-        if info is None:
-            return False
-        state, rank_state = self.ckpt.load(info, map_location=self.info.device)
-        load_checkpoint_state(self.model, state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.state = State(**state["trainer"])
-        self.guard.restore()
-        if rank_state:
-            random.setstate(rank_state["python"])
-            np.random.set_state(rank_state["numpy"])
-            torch.set_rng_state(rank_state["torch"].cpu())
-            if torch.cuda.is_available() and rank_state.get("cuda") is not None:
-                torch.cuda.set_rng_state_all(rank_state["cuda"])
-        self.progress.start_step = self.state.step
-        self.progress.checkpointed(info.step, f"{self.ckpt.url}/{info.key}", _created(info.manifest))
-        self.progress.message("resumed from checkpoint at step %d (%s)", self.state.step, info.key)
-        return True
-
-    def _on_saved(self, stats: SaveStats) -> None:
-        """After each save's upload (on the upload thread; inline for a blocking save)."""
-        self.metrics.observe_checkpoint(seconds=stats.blocked_seconds, nbytes=stats.bytes)
-        if stats.committed and self.ckpt is not None:
-            self.progress.checkpointed(stats.step, f"{self.ckpt.url}/{checkpoint_prefix(stats.step)}")
-
-    def _weights_from_checkpoint(self, step: int) -> dict[str, torch.Tensor] | None:
-        """The model weights of the committed checkpoint at ``step``, or None (with a message) without one."""
-        from finetune_trainer.checkpoint import CorruptCheckpointError
-
-        ckpt = self.ckpt
-        info = ckpt.at(step) if ckpt is not None else None
-        if ckpt is not None and info is not None:
-            try:
-                state, _ = ckpt.load(info, map_location=self.info.device)
-                self.progress.message("best weights (step %d) loaded from %s", step, info.key)
-                return state["model"]
-            except CorruptCheckpointError as e:
-                log.warning("%s", e)
-        self.progress.message("best weights (step %d) predate a restart and no checkpoint of that step is kept; "
-                              "keeping the final ones", step)  # fmt: skip
-        return None
-
-    def save_checkpoint(self, *, blocking: bool = False, metric: float | None = None) -> None:
-        if self.ckpt is None:
-            return
-        state = {
-            "model": checkpoint_state(self.model),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "trainer": asdict(self.state),
-        }
-        rank_state = {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
-        self.ckpt.save(self.state.step, state, rank_state=rank_state, metric=metric, blocking=blocking)
 
     # --- the loop ----------------------------------------------------------------------------------------
 
@@ -488,46 +292,6 @@ class Trainer:
 
     # --- evaluation --------------------------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def predict(self, data: D.Encoded) -> tuple[np.ndarray, float]:
-        """Logits for every example of ``data`` in its own order (each rank scores a shard; all ranks get all) and
-        the mean loss.
-
-        Inference mode, the training precision's autocast, batches of ``EVAL_BATCH_FACTOR`` x the training batch
-        (no activations are kept for a backward pass), and each shard sorted by length, longest first, so a batch
-        pads little; the logits are put back at their examples' positions."""
-        self.model.eval()
-        mine = sorted(range(self.info.rank, len(data), self.info.world_size), key=lambda i: -len(data.input_ids[i]))
-        size = self.hp.batch_size * EVAL_BATCH_FACTOR
-        logits, losses = [], []
-        for i in range(0, len(mine), size):
-            idx = mine[i : i + size]
-            batch = {k: v.to(self.info.device) for k, v in self.collate(data, idx).items()}
-            loss, out = self._forward(batch, self.model)
-            logits.append(out.cpu().numpy())
-            losses.append((loss.detach(), len(idx)))
-        losses = [(float(loss), n) for loss, n in losses]  # one read of the losses per evaluation
-        self.model.train()
-        shards = dist.gather((mine, logits, losses), self.info)
-        width = 1 if self.task == TaskType.REGRESSION else len(self.p.label_names)
-        full = np.zeros((len(data), width), dtype=np.float32)
-        total, count = 0.0, 0
-        for idx, parts, ls in shards:
-            if parts:
-                full[idx] = np.concatenate(parts)
-            total += sum(loss * n for loss, n in ls)
-            count += sum(n for _, n in ls)
-        return full, total / max(count, 1)
-
-    def evaluate(self, data: D.Encoded) -> dict[str, Any]:
-        start = time.perf_counter()
-        logits, loss = self.predict(data)
-        self.timings["evaluation_seconds"] = self.timings.get("evaluation_seconds", 0.0) + time.perf_counter() - start
-        labels = data.labels
-        result = evaluate.compute(self.task, logits, labels, self.p.label_names, self.cfg.task.multi_label_threshold)
-        result["loss"] = loss
-        return result
-
     def _evaluate_and_track(self) -> tuple[float, bool]:
         """Evaluate on validation, remember the best weights, and say whether to stop early."""
         st = self.state
@@ -561,7 +325,7 @@ class Trainer:
 
     def _finish(self, stopped_early: bool) -> dict[str, Any]:
         st = self.state
-        checksums = dist.gather(_checksum(self.model), self.info)
+        checksums = dist.gather(run_summary.checksum(self.model), self.info)
         reuse = self.last_eval if self.last_eval and self.last_eval[0] == st.best_step == st.step else None
         if st.best_step is not None and st.best_step != st.step:
             best = self.best_weights
@@ -592,15 +356,15 @@ class Trainer:
             "test": test,
             "history": st.history,
             "evals": st.evals,
-            "throughput": _throughput(st.history),
+            "throughput": run_summary.throughput(st.history),
             "batch_resizes": st.batch_resizes,
             "run_stats": self.run_stats,
-            "peak_memory": _peak_memory(),
+            "peak_memory": run_summary.peak_memory(),
             "timings": self._timings(),
             **({"pretraining": self.pretraining} if self.pretraining else {}),
         }
         if self.info.is_main:
-            self._save(summary)
+            run_summary.save_outputs(self.out, self.model, self.p, summary, self.metric, self.cfg.output_uri)
         self.progress.write(st.step, st.epoch, evaluate.scalars(validation), "completed")
         dist.barrier(self.info)  # leave together: no rank tears the group down while another still saves
         return summary
@@ -612,66 +376,11 @@ class Trainer:
             t["training_seconds"] = time.perf_counter() - t.pop("run_started") - t.get("evaluation_seconds", 0.0)
         return {k: round(v, 3) for k, v in t.items()}
 
-    def _save(self, summary: dict[str, Any]) -> None:
-        from finetune_trainer.lora import merged
-
-        model_dir = self.out / "model"
-        merged(self.model).save_pretrained(model_dir)
-        self.p.tokenizer.save_pretrained(model_dir)
-        self.p.preprocessing.save(model_dir)  # what export, serving and prediction encode text with
-        write_metrics(self.out / "metrics.json", summary)
-        plot_curves(self.out / "training_curve.png", summary["history"], summary["evals"], self.metric)
-        if self.cfg.output_uri:
-            from finetune_trainer.storage import open_storage
-
-            store = open_storage(self.cfg.output_uri)
-            for f in sorted(model_dir.iterdir()):
-                store.put_file(f, f"model/{f.name}")
-            store.put_file(self.out / "metrics.json", "metrics.json")
-
     def close(self) -> None:
         self.profiler.close()
         if self.ckpt is not None:
             self.ckpt.close()
         self.metrics.close()
-
-
-class Preempted(Exception):
-    """SIGTERM arrived; a final checkpoint was committed at ``step``."""
-
-    def __init__(self, step: int):
-        self.step = step
-        super().__init__(f"stopped by SIGTERM after a checkpoint at step {step}")
-
-
-def _checksum(model: torch.nn.Module) -> str:
-    """A digest of every parameter's bytes: equal on all ranks iff the DDP replicas are in sync."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _peak_memory() -> dict[str, float]:
-    """Peak resident memory of this process and, on GPU, peak allocated device memory (MB)."""
-    import resource
-
-    out = {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if torch.cuda.is_available():
-        out["gpu_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
-
-
-def _throughput(history: list[dict[str, float]]) -> dict[str, float]:
-    rates = [h["samples_per_second"] for h in history[1:]] or [h["samples_per_second"] for h in history]
-    toks = [h["tokens_per_second"] for h in history[1:]] or [h["tokens_per_second"] for h in history]
-    return {
-        "samples_per_second": float(np.mean(rates)) if rates else 0.0,
-        "tokens_per_second": float(np.mean(toks)) if toks else 0.0,
-    }
 
 
 def fit(cfg: TrainerConfig) -> dict[str, Any]:
@@ -699,10 +408,3 @@ def fit(cfg: TrainerConfig) -> dict[str, Any]:
     finally:
         dist.close()
 
-
-def _created(manifest: dict[str, Any]) -> float | None:
-    """When a checkpoint was committed (its manifest's ``created``), as a Unix time; None when not said."""
-    try:
-        return datetime.fromisoformat(manifest["created"]).timestamp()
-    except (KeyError, TypeError, ValueError):
-        return None

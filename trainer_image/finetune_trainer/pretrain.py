@@ -123,7 +123,7 @@ class Stage:
     def __init__(self, cfg: TrainerConfig, info: dist.DistInfo, tokenizer: Any, store: Any):
         from transformers import get_scheduler
 
-        from finetune_trainer.loop import fused_adamw, resolve_precision, seed_everything
+        from finetune_trainer.run_setup import fused_adamw, resolve_precision, seed_everything
 
         spec, hp = cfg.pretraining, cfg.hyperparameters
         assert spec is not None
@@ -235,7 +235,7 @@ class Stage:
                     if self.cfg.checkpoint.every_steps and st.step % self.cfg.checkpoint.every_steps == 0:
                         self.save_checkpoint()
                     if dist.any_flag(self.stop_requested, info):
-                        from finetune_trainer.loop import Preempted
+                        from finetune_trainer.run_setup import Preempted
 
                         self.progress.message("SIGTERM: saving a final pretraining checkpoint at step %d", st.step)
                         self.save_checkpoint(blocking=True)

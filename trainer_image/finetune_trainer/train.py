@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         cfg = TrainerConfig.from_file(args.config)
-        from finetune_trainer.loop import Preempted, fit
+        from finetune_trainer.loop import fit
+        from finetune_trainer.run_setup import Preempted
 
         fit(cfg)
     except InputError as e:
