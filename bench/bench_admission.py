@@ -255,10 +255,9 @@ def start_kueue(c: Cluster, n: int) -> kueue.Kueue:
 def clear(c: Cluster, with_kueue: bool, timeout: float) -> None:
     """Delete every FineTuneJob and wait until their Jobs, pods (and Workloads) are gone."""
     c.kube.kubectl("delete", "ftj", "--all", "--wait=false", timeout=120)
-    kinds = ["ftj", "jobs", "pods"] + (["workloads.kueue.x-k8s.io"] if with_kueue else [])
 
     def gone() -> bool:
-        listed = c.kube.kubectl("get", ",".join(kinds), "-l", JOB_LABEL, "-o", "name", check=False)
+        listed = c.kube.kubectl("get", "jobs,pods", "-l", JOB_LABEL, "-o", "name", check=False)
         ftjs = c.kube.kubectl("get", "ftj", "-o", "name", check=False)
         workloads = "" if not with_kueue else c.kube.kubectl("get", "workloads.kueue.x-k8s.io", "-o", "name",
                                                              check=False).stdout  # fmt: skip
@@ -275,10 +274,10 @@ def run_case(c: Cluster, n: int, with_kueue: bool, prefix: str) -> dict[str, Any
     try:
         manifest = yaml.safe_dump_all([body(name, with_kueue) for name in names])
         t_apply = time.time()
-        result = c.kube.kubectl("apply", "-f", "-", stdin=manifest, timeout=300, check=False)
+        apply = c.kube.kubectl("apply", "-f", "-", stdin=manifest, timeout=300, check=False)
         applied = time.time() - t_apply
         # A refused create (e.g. the operator's webhook timing out under the burst) is a result, not a crash.
-        refused = [line for line in result.stderr.splitlines() if line.startswith("Error from server")]
+        refused = [line for line in apply.stderr.splitlines() if line.startswith("Error from server")]
         deadline = time.monotonic() + 120 + 3 * n
         while recorder.running(names) < n - len(refused) and time.monotonic() < deadline:
             time.sleep(0.2)
