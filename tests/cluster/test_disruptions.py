@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow
 ATTEMPT, INDEX = "finetune.dev/attempt", "batch.kubernetes.io/job-completion-index"
 OPERATOR = "app.kubernetes.io/name=finetune-operator,app.kubernetes.io/component=operator"
 COMMITTED = re.compile(r"checkpoint \S+/checkpoint-(\d+) committed")
+EVERY = 20  # checkpoint.everySteps of the drained job
 RESUMED = re.compile(r"resumed from checkpoint at step (\d+)")
 
 
@@ -83,7 +84,7 @@ def test_a_node_drained_mid_run_is_a_disruption_that_loses_no_step_past_the_chec
         pytest.skip("draining a node needs another schedulable node for the new pods")
     job = uploaded_job("drained", s3_server, tiny_bert, sentiment_csv)
     job["spec"]["hyperparameters"].update(maxSteps=200, evalSteps=100)
-    job["spec"]["checkpoint"]["everySteps"] = 20
+    job["spec"]["checkpoint"]["everySteps"] = EVERY
     kube.kubectl("apply", "-f", "-", stdin=json.dumps(job))
 
     # Past the first committed checkpoint: its step, as rank 0 logged the commit, is the floor after the drain.
@@ -93,22 +94,26 @@ def test_a_node_drained_mid_run_is_a_disruption_that_loses_no_step_past_the_chec
                            timeout=60, interval=1, what="rank 0 logged a committed checkpoint")  # fmt: skip
     (worker,) = pods(kube, f"finetune.dev/job=drained,{ATTEMPT}=1,{INDEX}=1")
     node = worker["spec"]["nodeName"]
-    last_checkpoint = max(committed)
     before = status(kube, "drained")
     assert before["phase"] == "Running" and step(before) < 200, before
+    # What the operator says of the newest checkpoint agrees with what rank 0 logged (or is newer).
+    last_checkpoint = max(max(committed), int((before.get("lastCheckpoint") or {}).get("step") or 0))
     uncordon.append(node)
     started = time.monotonic()
     drain = kube.kubectl("drain", node, "--ignore-daemonsets", "--delete-emptydir-data", "--force",
                          "--timeout=240s", timeout=300)  # fmt: skip
     drained_in = time.monotonic() - started
     assert "evicting pod" in drain.stdout + drain.stderr, drain.stdout + drain.stderr
-    last_checkpoint = max(last_checkpoint, *(int(m) for m in COMMITTED.findall(node_log_text(kube_nodes, "drained"))))
 
     seen = sample_until(kube, "drained", finished, 900, "the job finished after the drain", kube_nodes)
     final = seen[-1]
     assert final["phase"] == "Succeeded", final
     # A drain evicts through the eviction API: a disruption, replaced at once without spending backoffLimit.
     assert final["restarts"] == 0 and final["disruptions"] >= 1 and final["attempt"] >= 2, final
+    (interruption,) = final["interruptions"]  # one restart, the drain's, with where it resumed and what it redid
+    assert interruption["reason"] == "Disrupted" and interruption["attempt"] == 1, interruption
+    assert interruption["checkpointStep"] >= last_checkpoint, (interruption, last_checkpoint)
+    assert 0 <= interruption["stepsRedone"] <= EVERY, interruption  # nothing lost beyond the checkpoint interval
     after = [step(s) for s in seen if int(s.get("attempt") or 1) >= 2 and s.get("progress")]
     assert after and min(after) >= last_checkpoint, (last_checkpoint, after)
     resumed = [int(m) for m in RESUMED.findall(logs(kube, f"finetune.dev/job=drained,{ATTEMPT}=2,{INDEX}=0"))]
@@ -119,13 +124,6 @@ def test_a_node_drained_mid_run_is_a_disruption_that_loses_no_step_past_the_chec
     assert "Disrupted" in warnings(kube, "drained"), warnings(kube, "drained")
     print(f"drain of {node} took {drained_in:.1f}s; checkpoint {last_checkpoint}, resumed at {resumed[0]}, "
           f"steps after the restart {min(after)}..{max(after)}")  # fmt: skip
-
-
-def node_log_text(nodes: NodePool | None, job: str) -> str:
-    """What the nodes kept of a job's container logs (an evicted pod's logs are gone from the API)."""
-    if nodes is None:
-        return ""
-    return "\n".join(p.read_text(errors="replace") for p in nodes.work.rglob("logs/*/*/*.log") if job in str(p))
 
 
 # --- 2. late rank 0, late DNS
