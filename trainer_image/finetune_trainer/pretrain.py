@@ -14,14 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -33,6 +31,7 @@ from finetune_trainer.config import ModelSpec, TrainerConfig
 from finetune_trainer.errors import InputError
 from finetune_trainer.model import NO_DECAY, load_tokenizer
 from finetune_trainer.progress import Progress
+from finetune_trainer.run_setup import restore_rng, rng_state
 from finetune_trainer.sources import model_location
 
 log = logging.getLogger("finetune_trainer")
@@ -183,11 +182,7 @@ class Stage:
         self.scaler.load_state_dict(state["scaler"])
         self.state = StageState(**state["stage"])
         if rank_state:  # dropout draws from these
-            random.setstate(rank_state["python"])
-            np.random.set_state(rank_state["numpy"])
-            torch.set_rng_state(rank_state["torch"].cpu())
-            if torch.cuda.is_available() and rank_state.get("cuda") is not None:
-                torch.cuda.set_rng_state_all(rank_state["cuda"])
+            restore_rng(rank_state)
         self.progress.start_step = self.state.step
         self.progress.message("pretraining resumed from checkpoint at step %d (%s)", self.state.step, found.key)
         return True
@@ -198,9 +193,7 @@ class Stage:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "stage": asdict(self.state)}
-        rank_state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-        self.ckpt.save(self.state.step, state, rank_state=rank_state, blocking=blocking)
+        self.ckpt.save(self.state.step, state, rank_state=rng_state(), blocking=blocking)
 
     # --- the loop ------------------------------------------------------------------------------------------
 

@@ -61,6 +61,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict[str, Any]:
+    """This process's random generators (Python, NumPy, torch, CUDA), as one rank's checkpoint keeps them."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Put back what :func:`rng_state` saved (dropout and sampling continue as if never stopped)."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if torch.cuda.is_available() and state.get("cuda") is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def prepare_data(cfg: TrainerConfig, cache_dir: Path) -> Prepared:
     """Load, label and tokenize every split; raises InputError for anything a user must fix."""
     ds, task, hp = cfg.dataset, cfg.task, cfg.hyperparameters

@@ -4,13 +4,11 @@ weights of a step trained before a restart. A base of ``loop.Trainer``, which se
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from finetune_trainer import contract, dist, evaluate
@@ -19,7 +17,7 @@ from finetune_trainer.config import Hyperparameters, TrainerConfig
 from finetune_trainer.guards import StepGuard
 from finetune_trainer.model import checkpoint_state, load_checkpoint_state
 from finetune_trainer.progress import Progress
-from finetune_trainer.run_setup import State
+from finetune_trainer.run_setup import State, restore_rng, rng_state
 
 if TYPE_CHECKING:
     from finetune_trainer.checkpoint import CheckpointManager, SaveStats
@@ -73,11 +71,7 @@ class Checkpointing:
         self.state = State(**state["trainer"])
         self.guard.restore()
         if rank_state:
-            random.setstate(rank_state["python"])
-            np.random.set_state(rank_state["numpy"])
-            torch.set_rng_state(rank_state["torch"].cpu())
-            if torch.cuda.is_available() and rank_state.get("cuda") is not None:
-                torch.cuda.set_rng_state_all(rank_state["cuda"])
+            restore_rng(rank_state)
         self.progress.start_step = self.state.step
         self.progress.checkpointed(info.step, f"{self.ckpt.url}/{info.key}", created(info.manifest))
         self.progress.message("resumed from checkpoint at step %d (%s)", self.state.step, info.key)
@@ -116,13 +110,7 @@ class Checkpointing:
             "scaler": self.scaler.state_dict(),
             "trainer": asdict(self.state),
         }
-        rank_state = {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
-        self.ckpt.save(self.state.step, state, rank_state=rank_state, metric=metric, blocking=blocking)
+        self.ckpt.save(self.state.step, state, rank_state=rng_state(), metric=metric, blocking=blocking)
 
 
 def created(manifest: dict[str, Any]) -> float | None:
