@@ -125,6 +125,6 @@ def test_a_bad_dataset_fails_once_without_retries(
     assert final["restarts"] == 0 and final["attempt"] == 1, final
     (workers,) = get_json(kube, "jobs", "-l", "finetune.dev/job=baddata")["items"]  # one attempt, no second Job
     failed = next(c for c in workers["status"]["conditions"] if c["type"] == "Failed")
-    # torchrun exits 1 whatever its worker's code, so the Job's exit-code-2 rule cannot match a worker: the
-    # operator reads the trainer's `exitcode: 2` line instead (the rule does match the export Job's steps).
-    assert failed["reason"] == "BackoffLimitExceeded", failed
+    # torchrun exits 1 whatever its worker's code; the launcher exits with the trainer's `exitcode: 2`, so the
+    # Job's own pod failure policy fails it at once on the bad input.
+    assert failed["reason"] == "PodFailurePolicy" and "exit code 2" in failed["message"], failed
