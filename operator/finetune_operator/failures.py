@@ -150,11 +150,12 @@ def classify(pod: PodView) -> Failure | None:
     if pod.reason == "OOMKilled":
         return Failure(False, "OOMKilled", f"pod {pod.name} ran out of memory (OOMKilled)")
     tail = f": {said.error}" if said.error else ""
+    # The trainer's own exit code says storage; a storage error's text may read like a timeout of another kind.
+    if worker_code == contract.EXIT_STORAGE:
+        return Failure(False, "StorageUnavailable", f"pod {pod.name} failed with exit code {code}{tail}")
     crash = crash_reason(said.error or pod.message or "")
     if crash is not None:
         return Failure(False, crash, f"pod {pod.name} failed with exit code {code}{tail}")
-    if worker_code == contract.EXIT_STORAGE:
-        return Failure(False, "StorageUnavailable", f"pod {pod.name} failed with exit code {code}{tail}")
     if code in contract.SIGNAL_EXITS or worker_code in contract.SIGNAL_EXITS:
         return Failure(False, "Killed", f"pod {pod.name} was stopped by a signal (exit code {code})")
     return Failure(False, "WorkerFailed", f"pod {pod.name} failed with exit code {code}{tail}")

@@ -6,8 +6,9 @@ Credentials come from the client's loaders: a kubeconfig when one is named (``--
 else the pod's service account, else ~/.kube/config. In a pod the loader sends the projected token as
 ``Authorization: bearer <token>`` and reads the file again before its cached copy is a minute old, so a
 rotated token is picked up; a 401 all the same (a token revoked early) loads the credentials again, once.
-Each controller call stays within the rules in rbac.py: create/delete/list pods, services and configmaps;
-patch finetunejobs/status; read pods/log.
+Each controller call stays within the rules in rbac.py: create/delete/list Jobs, Services and ConfigMaps;
+list, patch and delete pods (never create them: the Job controller does); patch finetunejobs/status; read
+pods/log, events and Kueue's Workloads.
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ GLOO_PEER = "error: RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.c
          "joinTimeoutSeconds"),
         (worker(1, phase="Failed", exit_code=1, message="error: s3://ckpt: connection refused\nexitcode: 3"),
          "StorageUnavailable", "credentials Secret"),
+        # The trainer's exit code 3 says storage, even where the error reads like a peer's timeout.
+        (worker(1, phase="Failed", exit_code=3,
+                message="error: EndpointConnectionError: s3://ckpt: Connection reset by peer\nexitcode: 3"),
+         "StorageUnavailable", "credentials Secret"),
     ],
 )
 def test_a_crash_is_named_and_says_what_to_do(pod, reason: str, hint: str) -> None:

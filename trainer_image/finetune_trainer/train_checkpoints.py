@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from finetune_trainer import contract, dist, evaluate
-from finetune_trainer.checkpoint_format import checkpoint_prefix
 from finetune_trainer.config import Hyperparameters, TrainerConfig
 from finetune_trainer.guards import StepGuard
 from finetune_trainer.model import checkpoint_state, load_checkpoint_state
@@ -73,7 +72,7 @@ class Checkpointing:
         if rank_state:
             restore_rng(rank_state)
         self.progress.start_step = self.state.step
-        self.progress.checkpointed(info.step, f"{self.ckpt.url}/{info.key}", created(info.manifest))
+        self.progress.checkpointed(info.step, self.ckpt.uri(info.step), created(info.manifest))
         self.progress.message("resumed from checkpoint at step %d (%s)", self.state.step, info.key)
         return True
 
@@ -81,11 +80,11 @@ class Checkpointing:
         """After each save's upload (on the upload thread; inline for a blocking save)."""
         self.metrics.observe_checkpoint(seconds=stats.blocked_seconds, nbytes=stats.bytes)
         if stats.committed and self.ckpt is not None:
-            self.progress.checkpointed(stats.step, f"{self.ckpt.url}/{checkpoint_prefix(stats.step)}")
+            self.progress.checkpointed(stats.step, self.ckpt.uri(stats.step))
 
     def _weights_from_checkpoint(self, step: int) -> dict[str, torch.Tensor] | None:
         """The model weights of the committed checkpoint at ``step``, or None (with a message) without one."""
-        from finetune_trainer.checkpoint import CorruptCheckpointError
+        from finetune_trainer.checkpoint_format import CorruptCheckpointError
 
         ckpt = self.ckpt
         info = ckpt.at(step) if ckpt is not None else None
