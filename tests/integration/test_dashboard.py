@@ -24,6 +24,10 @@ OPERATOR_METRICS = {
     "finetune_operator_restarts_total",
     "finetune_operator_publish_duration_seconds_bucket",
     "finetune_operator_publish_failures_total",
+    "finetune_operator_disruptions_total",
+    "finetune_operator_steps_redone_total",
+    "finetune_operator_last_checkpoint_step",
+    "finetune_operator_last_checkpoint_timestamp_seconds",
 }
 GPU_METRICS = {"finetune_gpu_memory_used_bytes", "finetune_gpu_memory_total_bytes", "finetune_gpu_utilization_ratio"}
 VARIABLES = {"$__rate_interval": "5m", "$namespace": ".*", "$job": ".*"}

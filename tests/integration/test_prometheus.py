@@ -27,6 +27,7 @@ ALERTS = {
     "FineTuneJobNoProgress",
     "FineTuneJobStalled",
     "FineTuneJobRestarting",
+    "FineTuneJobCheckpointStale",
     "FineTuneModelPublishFailed",
     "FineTuneLossNaN",
     "FineTuneLossDiverging",
@@ -198,7 +199,9 @@ def test_prometheus_scrapes_the_operator_for_every_operator_panel(prometheus_ser
     from prometheus_client import CollectorRegistry
 
     metrics = operator_metrics.OperatorMetrics(CollectorRegistry())
-    metrics.watch_jobs(lambda: [("ml", "sentiment", "Running"), ("ml", "broken", "Failed"), ("ml", "old", "Succeeded")])
+    at = time.time() - 30  # the newest checkpoint of the running job: step 120, 30 s ago
+    jobs = [("ml", "sentiment", "Running", False, 120, at), ("ml", "broken", "Failed"), ("ml", "old", "Succeeded")]
+    metrics.watch_jobs(lambda: jobs)
     port = free_port()
     server = metrics.serve(port, "127.0.0.1")
     stop = threading.Event()
@@ -209,6 +212,8 @@ def test_prometheus_scrapes_the_operator_for_every_operator_panel(prometheus_ser
             metrics.publish_duration.observe(42)
             metrics.restarts.labels("ml", "sentiment").inc()
             metrics.publish_failures.labels("ml", "sentiment").inc()
+            metrics.disruptions.labels("ml", "sentiment").inc()
+            metrics.steps_redone.labels("ml", "sentiment").inc(7)
             stop.wait(0.2)
 
     worker = threading.Thread(target=reconcile, daemon=True)
@@ -218,6 +223,8 @@ def test_prometheus_scrapes_the_operator_for_every_operator_panel(prometheus_ser
         queries = panel_queries(OPERATOR_METRIC, gpu=False)
         missing = wait_for_series(prometheus, queries, alive=lambda: True, timeout=30)
         assert not missing, f"operator panels with no series: {sorted(missing)}"
+        (saved,) = prometheus.query("finetune_operator_last_checkpoint_step")
+        assert saved["metric"]["job"] == "sentiment" and saved["value"][1] == "120"
         (failed,) = prometheus.query('finetune_operator_jobs{phase="Failed"}')
         assert failed["metric"]["namespace"] == "ml" and failed["value"][1] == "1"
         # The operator's own namespace and job labels survive the scrape (honor_labels, as in the ServiceMonitor).
