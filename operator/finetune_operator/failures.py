@@ -133,6 +133,10 @@ def classify(pod: PodView) -> Failure | None:
     if pod.disrupted:
         said = f": {pod.disrupted_message}" if pod.disrupted_message else ""
         return Failure(False, "Disrupted", f"pod {pod.name} was disrupted ({pod.disrupted}){said}", disruption=True)
+    if pod.node_lost:
+        node = f" {pod.node}" if pod.node else ""
+        return Failure(False, "NodeLost", f"pod {pod.name}: its node{node} stopped reporting (NodeNotReady)",
+                       disruption=True)  # fmt: skip
     if pod.deleting:
         return Failure(False, "PodDeleted", f"pod {pod.name} was deleted")
     if pod.reason in ("Evicted", "Preempting") or pod.phase == "Unknown" or pod.reason == "NodeLost":

@@ -194,7 +194,10 @@ class _Machine(ExportSteps):
         if failed or any(f.disruption for f in failures):
             if not any(p.phase == "Failed" or p.disrupted for p in pods):  # the pods are gone: the Job's word
                 failures = [job_failure(j) for j in failed] + failures
-            self.worker_failed(group, failures, deadline=any(j.failed_reason == "DeadlineExceeded" for j in failed))
+            deadline = any(j.failed_reason == "DeadlineExceeded" for j in failed)
+            if not deadline and self.settling(pods, failures):
+                return
+            self.worker_failed(group, failures, deadline=deadline)
             return
         if all(j.complete for j in group):
             self.training_done()
@@ -208,6 +211,24 @@ class _Machine(ExportSteps):
             self.transition(RUNNING, "Running", f"{len(live)} worker pod(s) of attempt {attempt} running")
             self.s["lastProgressTime"] = timestamp(self.now)  # the clock of Stalled starts with the group
         self.check_stalled(len(live))
+
+    def settling(self, pods: list[PodView], failures: list[Failure]) -> bool:
+        """Whether to wait before judging a failed group: when a node is lost, the ranks on the other nodes lose
+        their peer and fail at once, while the lost pods still show Running until the node lifecycle controller
+        marks them (--node-monitor-grace-period, 50 s by default). Until every pod has finished, or is so marked,
+        or node_loss_grace_seconds have passed since the first failure, the failure is not counted yet."""
+        if any(f.permanent or f.disruption for f in failures):
+            return False
+        if not any(not p.finished and not p.node_lost for p in pods):
+            return False
+        ends = [t for p in pods if p.phase == "Failed" and (t := parse_time(p.finished_at)) is not None]
+        if not ends:
+            return False
+        left = self.settings.node_loss_grace_seconds - (self.now - min(ends)).total_seconds()
+        if left <= 0:
+            return False
+        self.wake_in(min(left, max(self.settings.poll_seconds, 1.0)))
+        return True
 
     def check_stalled(self, live: int) -> None:
         """The Stalled condition: True while Running and the step counter has not moved for

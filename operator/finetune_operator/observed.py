@@ -38,6 +38,11 @@ class PodView:
     # DeletionByTaintManager, DeletionByPodGC, TerminationByKubelet): it is being stopped, not failing.
     disrupted: str = ""
     disrupted_message: str = ""
+    node: str = ""  # spec.nodeName
+    # Its node stopped reporting: the node lifecycle controller set the pod's Ready condition to False while
+    # the last word of the kubelet (every container ready) still stands. Such a pod never finishes by itself.
+    node_lost: bool = False
+    finished_at: str = ""  # when the container that decided the pod's exit terminated
 
     @property
     def finished(self) -> bool:
@@ -49,7 +54,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     lbl = meta.get("labels") or {}
     exit_code, reason, message = None, status.get("reason") or "", status.get("message") or ""
-    running, failed = [], ""
+    running, failed, finished_at = [], "", ""
     waiting, waiting_message = _waiting(status)
     disruption = next((c for c in status.get("conditions") or []
                        if c.get("type") == "DisruptionTarget" and c.get("status") == "True"), {})  # fmt: skip
@@ -64,6 +69,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         exit_code = term.get("exitCode")
         reason = term.get("reason") or reason
         message = term.get("message") or message
+        finished_at = term.get("finishedAt") or finished_at
         if exit_code != 0:
             failed = cs.get("name", "")
     return PodView(
@@ -86,7 +92,21 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         waiting_message=waiting_message,
         disrupted=disruption.get("reason") or ("Disrupted" if disruption else ""),
         disrupted_message=disruption.get("message") or "",
+        node=(pod.get("spec") or {}).get("nodeName") or "",
+        node_lost=_marked_not_ready(status),
+        finished_at=finished_at,
     )
+
+
+def _marked_not_ready(status: dict[str, Any]) -> bool:
+    """Ready False although every container is ready: only the node lifecycle controller writes that (it marks
+    the pods of a node that stopped reporting; a kubelet derives Ready from its containers, with a reason)."""
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return False
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    containers = status.get("containerStatuses") or []
+    return (ready is not None and ready.get("status") == "False" and ready.get("reason") != "ReadinessGatesNotReady"
+            and bool(containers) and all(c.get("ready") for c in containers))  # fmt: skip
 
 
 @dataclass(frozen=True)

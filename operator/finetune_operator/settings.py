@@ -16,6 +16,7 @@
 | FINETUNE_PUBLISH_TIMEOUT_SECONDS | 600 | How long the published model may take to become ready in Triton. |
 | FINETUNE_TORCHRUN_MAX_RESTARTS | 0 | torchrun's in-pod restarts before the operator restarts the group. |
 | FINETUNE_TERMINATION_GRACE_SECONDS | 120 | Time a worker gets after SIGTERM to write its final checkpoint. |
+| FINETUNE_NODE_LOSS_GRACE_SECONDS | 90 | How long a failed group waits for a peer still shown Running (a lost node?). |
 | FINETUNE_WATCH_TIMEOUT_SECONDS | 300 | Server-side timeout of watch requests (kopf reconnects after it). |
 | FINETUNE_PEERING | | kopf peering name for several replicas (one active); empty runs standalone. |
 | FINETUNE_PEERING_PRIORITY | (random) | This replica's peering priority; the highest live one is active. |
@@ -82,6 +83,7 @@ class Settings:
     publish_timeout_seconds: float = 600.0
     torchrun_max_restarts: int = 0
     termination_grace_seconds: int = 120
+    node_loss_grace_seconds: float = 90.0
     watch_timeout_seconds: int = 300
     peering: str | None = None
     peering_priority: int | None = None
@@ -116,6 +118,7 @@ class Settings:
             "publish_timeout_seconds": _number(env, "FINETUNE_PUBLISH_TIMEOUT_SECONDS", 600.0, minimum=1),
             "torchrun_max_restarts": _int(env, "FINETUNE_TORCHRUN_MAX_RESTARTS", 0),
             "termination_grace_seconds": _int(env, "FINETUNE_TERMINATION_GRACE_SECONDS", 120),
+            "node_loss_grace_seconds": _number(env, "FINETUNE_NODE_LOSS_GRACE_SECONDS", 90.0),
             "watch_timeout_seconds": _int(env, "FINETUNE_WATCH_TIMEOUT_SECONDS", 300, minimum=1),
             "peering": env.get("FINETUNE_PEERING") or None,
             "peering_priority": _int(env, "FINETUNE_PEERING_PRIORITY", 0, minimum=1, maximum=2**31 - 1)

@@ -189,3 +189,27 @@ def test_job_and_pod_views_read_what_the_job_controller_and_kueue_write() -> Non
                    "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}]},
     })  # fmt: skip
     assert (pod.rank, pod.disrupted, pod.disrupted_message) == (1, "EvictionByEvictionAPI", "Eviction API: evicting")
+
+
+def _pod_on(ready: dict, containers: list[dict], phase: str = "Running") -> dict:
+    return {"metadata": {"name": "sentiment-a1-1-abcde"}, "spec": {"nodeName": "node-c"},
+            "status": {"phase": phase, "conditions": [{"type": "Ready", **ready}], "containerStatuses": containers}}
+
+
+@pytest.mark.parametrize(
+    ("ready", "containers", "phase", "lost"),
+    [
+        # The node lifecycle controller's mark (MarkPodsNotReady): Ready False, the kubelet's ready containers.
+        ({"status": "False"}, [{"name": "trainer", "ready": True, "state": {"running": {}}}], "Running", True),
+        # The kubelet's own word: a container is not ready, and it says so.
+        ({"status": "False", "reason": "ContainersNotReady"},
+         [{"name": "trainer", "ready": False, "state": {"running": {}}}], "Running", False),
+        ({"status": "True"}, [{"name": "trainer", "ready": True, "state": {"running": {}}}], "Running", False),
+        ({"status": "False", "reason": "ReadinessGatesNotReady"}, [{"name": "trainer", "ready": True}], "Running",
+         False),
+        ({"status": "False"}, [{"name": "trainer", "ready": True}], "Failed", False),
+    ],
+)  # fmt: skip
+def test_a_pod_whose_node_stopped_reporting_is_seen(ready: dict, containers: list, phase: str, lost: bool) -> None:
+    view = pod_view(_pod_on(ready, containers, phase))
+    assert (view.node_lost, view.node) == (lost, "node-c")

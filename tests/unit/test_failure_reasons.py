@@ -8,8 +8,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from finetune_operator import failures
 from finetune_operator.metrics import OperatorMetrics, phases_of
-from finetune_operator.observed import Admission
-from tests.unit.test_lifecycle import condition, created, jobs_of, running, step, worker
+from finetune_operator.observed import Admission, PodView
+from tests.unit.test_lifecycle import SETTINGS, condition, created, jobs_of, running, step, worker
 
 CUDA_OOM = ("error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
             "of 79.1 GiB of which 1.2 GiB is free.\nexitcode: 1")  # fmt: skip
@@ -100,6 +100,48 @@ def test_a_preemption_says_nothing_needs_doing() -> None:
     d = step(running(), [worker(0), worker(1)], at=10, jobs=group, admissions={"sentiment-a1": said})
     assert (d.status["phase"], d.status["reason"]) == ("Queued", "Preempted")
     assert d.status["advice"].startswith("nothing: Kueue gave the quota")
+
+
+# --- a lost node: the survivors fail first, the lost pods are marked later -------------------------------------
+
+
+def failed_at(rank: int, second: int, message: str = GLOO_PEER + "\nexitcode: 1") -> PodView:
+    """A worker that failed ``second`` seconds into the test (its container's finishedAt)."""
+    return worker(rank, phase="Failed", exit_code=1, message=message, finished_at=f"2026-01-01T12:00:{second:02d}Z")
+
+
+def test_a_lost_node_is_a_disruption_though_the_survivor_fails_first() -> None:
+    """Rank 0 loses its peer at once; the node lifecycle controller marks rank 1's pod 20-50 s later."""
+    d = step(running(), [failed_at(0, 10), worker(1, node="node-c")], at=12)
+    assert d.status["phase"] == "Running" and d.status["restarts"] == 0 and not d.delete
+    assert d.requeue is not None and 0 < d.requeue <= 10  # looks again soon, not only at the next event
+    lost = worker(1, node="node-c", node_lost=True)
+    d = step(d.status, [failed_at(0, 10), lost], at=40)
+    assert (d.status["phase"], d.status["reason"]) == ("Restarting", "NodeLost")
+    assert d.status["restarts"] == 0 and d.status["disruptions"] == 1 and "node-c" in d.status["message"]
+    assert d.status["interruptions"][-1]["reason"] == "NodeLost"
+
+
+def test_a_crash_that_stops_the_whole_group_is_counted_once_every_pod_has_finished() -> None:
+    d = step(running(), [failed_at(1, 10, CUDA_OOM), worker(0)], at=11)
+    assert d.status["phase"] == "Running" and d.status["restarts"] == 0
+    d = step(d.status, [failed_at(1, 10, CUDA_OOM), failed_at(0, 12)], at=13)
+    assert (d.status["phase"], d.status["reason"]) == ("Restarting", "CUDAOutOfMemory")
+    assert d.status["restarts"] == 1 and d.status.get("disruptions", 0) == 0
+
+
+def test_a_peer_that_neither_stops_nor_is_marked_lost_is_waited_for_only_so_long() -> None:
+    grace = SETTINGS.node_loss_grace_seconds
+    d = step(running(), [failed_at(0, 10), worker(1)], at=10 + grace - 1)
+    assert d.status["phase"] == "Running"
+    d = step(d.status, [failed_at(0, 10), worker(1)], at=10 + grace + 1)
+    assert (d.status["phase"], d.status["reason"]) == ("Restarting", "CollectiveTimeout")
+    assert d.status["restarts"] == 1
+
+
+def test_bad_input_is_not_waited_for() -> None:
+    d = step(running(), [failed_at(0, 10, "error: dataset.train: no such file\nexitcode: 2"), worker(1)], at=11)
+    assert (d.status["phase"], d.status["reason"]) == ("Failed", "InvalidInput")
 
 
 def test_every_reason_the_machine_writes_has_advice_or_needs_none() -> None:
