@@ -41,7 +41,8 @@ def test_a_job_survives_an_eviction_control_plane_crashes_and_losing_its_operato
     faults.append(("worker pod deleted", step(before)))
     restarted = wait_status(kube, "faults", lambda s: s.get("attempt") == 2, 120, "attempt 2", kube_nodes)
     assert restarted["restarts"] == 1, restarted
-    log = eventually(lambda: (text := kube.kubectl("logs", "-l", f"{ATTEMPT}=2,{INDEX}=0", check=False).stdout)
+    selector = f"{ATTEMPT}=2,{INDEX}=0"
+    log = eventually(lambda: (text := kube.kubectl("logs", "-l", selector, "--tail=-1", check=False).stdout)
                      and "resumed from checkpoint at step" in text and text, timeout=180, interval=1,
                      what="attempt 2 resumed from a checkpoint")  # fmt: skip
     resumed_at = int(log.split("resumed from checkpoint at step ")[1].split()[0])
