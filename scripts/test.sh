@@ -13,6 +13,13 @@ python -m pip install --quiet --disable-pip-version-check torch==2.13.0
 python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 bash scripts/install-test-deps.sh >/dev/null
 
+# The test cluster (tests/cluster: real etcd, kube-apiserver, controller-manager and scheduler built from their Go
+# modules, process-runtime nodes): on by default where Go is installed. FINETUNE_TEST_CLUSTER=all adds the long
+# scenarios (disruptions, Kueue, control-plane faults); =0 leaves the cluster out. docs/e2e.md has the times.
+if [ -z "${FINETUNE_TEST_CLUSTER:-}" ] && command -v go >/dev/null; then
+  export FINETUNE_TEST_CLUSTER=1
+fi
+
 ruff check .
 lint-imports  # pyproject.toml's [tool.importlinter]: the operator's layers, no torch in the operator, no kopf in the trainer
 python -m pytest "$@"

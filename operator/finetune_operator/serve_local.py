@@ -109,6 +109,7 @@ def _installed(requirement: str, dest: Path, why: str) -> Path:
             f"cannot install {requirement} ({why}): {done.stderr.strip()[-400:]}; "
             f"run `{' '.join(cmd[:-3])} --target {dest} {requirement}` where PyPI is reachable"
         )
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide the packages from a server run as another user
     try:
         os.replace(staging, dest)
     except OSError:  # another process installed it first

@@ -3,6 +3,7 @@ running against it out of cluster; small job helpers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from collections.abc import Iterator
@@ -109,20 +110,28 @@ SECRET = "s3-credentials"
 @pytest.fixture
 def release(cluster_api: KubeApi, kube_nodes: NodePool | None, s3_server: S3Server, helm_bin: str):
     """`helm install` into the test's namespace, with S3 credentials in a Secret; `helm uninstall` after."""
-    if kube_nodes is not None:
-        kube_nodes.expose(int(s3_server.endpoint.rsplit(":", 1)[1]))
-    kube = cluster_api
+    with helm_release(cluster_api, kube_nodes, s3_server, helm_bin) as kube:
+        yield kube
+
+
+@contextlib.contextmanager
+def helm_release(kube: KubeApi, nodes: NodePool | None, s3_server: S3Server, helm_bin: str,
+                 *values: str) -> Iterator[KubeApi]:  # fmt: skip
+    """The chart installed (``--set`` ``values`` added), the S3 server reachable from pods; uninstalled after."""
+    if nodes is not None:
+        nodes.expose(int(s3_server.endpoint.rsplit(":", 1)[1]))
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET},
               "stringData": {"accessKey": s3_server.access_key, "secretKey": s3_server.secret_key}}  # fmt: skip
     kube.kubectl("apply", "-f", "-", stdin=json.dumps(secret))
     helm = [helm_bin, "--kubeconfig", str(kube.kubeconfig), "--namespace", kube.namespace]
-    values = ["--set", f"storage.s3.endpoint={s3_server.endpoint}", "--set", f"storage.s3.credentialsSecret={SECRET}",
-              "--set", "extraEnv[0].name=FINETUNE_POLL_SECONDS", "--set-string", "extraEnv[0].value=1"]  # fmt: skip
-    installed = subprocess.run([*helm, "install", RELEASE, str(CHART), "--wait", "--timeout", "180s", *values],
+    settings = ["--set", f"storage.s3.endpoint={s3_server.endpoint}", "--set", f"storage.s3.credentialsSecret={SECRET}",
+                "--set", "extraEnv[0].name=FINETUNE_POLL_SECONDS", "--set-string", "extraEnv[0].value=1",
+                *values]  # fmt: skip
+    installed = subprocess.run([*helm, "install", RELEASE, str(CHART), "--wait", "--timeout", "180s", *settings],
                                capture_output=True, text=True, timeout=240)  # fmt: skip
     if installed.returncode != 0:
         pods = kube.kubectl("get", "pods", "-o", "yaml", check=False).stdout[-6000:]
-        raise AssertionError(f"helm install failed: {installed.stderr}\n{pods}\n{node_logs(kube_nodes)}")
+        raise AssertionError(f"helm install failed: {installed.stderr}\n{pods}\n{node_logs(nodes)}")
     try:
         yield kube
     finally:

@@ -16,7 +16,7 @@ from tests.fixtures.kube import KubeApi, eventually
 from tests.fixtures.kubelet import NodePool
 from tests.fixtures.s3 import S3Server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster_long]
 OPERATOR = "app.kubernetes.io/name=finetune-operator,app.kubernetes.io/component=operator"
 ATTEMPT, INDEX = "finetune.dev/attempt", "batch.kubernetes.io/job-completion-index"
 

@@ -175,6 +175,26 @@ def test_restart_policy_restarts_a_failed_container_and_counts_it(kube: KubeApi)
     assert status["lastState"]["terminated"]["exitCode"] == 3
 
 
+def test_an_init_container_runs_once_before_the_main_one_under_restart_policy_always(kube: KubeApi):
+    """As a Deployment's pod: the init container's exit 0 completes it; it is not restarted with the pod's
+    policy, and the main container starts after it."""
+    init = {"name": "init", "image": IMAGE, "command": ["python", "-c", "open('/state/ready', 'w').write('1')"],
+            "volumeMounts": [{"name": "state", "mountPath": "/state"}]}  # fmt: skip
+    script = """
+        import os, time
+        assert os.path.exists("/state/ready")
+        time.sleep(600)
+    """
+    apply(kube, python_pod("initialized", script, restartPolicy="Always", initContainers=[init],
+                           container={"volumeMounts": [{"name": "state", "mountPath": "/state"}]},
+                           volumes=[{"name": "state", "emptyDir": {}}]))  # fmt: skip
+    running = phase(kube, "initialized", "Running")
+    time.sleep(3)  # a restarted init container would show by now
+    (status,) = get_json(kube, "pod", "initialized")["status"]["initContainerStatuses"]
+    assert status["restartCount"] == 0 and status["state"]["terminated"]["reason"] == "Completed", status
+    assert running["status"]["containerStatuses"][0]["restartCount"] == 0
+
+
 def test_pods_that_cannot_start_wait_with_the_kubelets_reason(kube: KubeApi):
     apply(kube, python_pod("no-image", "", container={"image": "registry.example/missing:1"}),
           python_pod("no-secret", "", container={

@@ -25,7 +25,7 @@ from tests.fixtures.kueue import (
     set_quota,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster_long]
 IMAGE = "ghcr.io/finetune-operator/trainer:test"
 
 

@@ -16,7 +16,7 @@ from tests.e2e.conftest import Operator
 from tests.fixtures.kube import KubeApi, eventually
 from tests.fixtures.processes import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster_long]
 LIFETIME = 10  # seconds a dead replica's heartbeat still counts (FINETUNE_PEERING_LIFETIME)
 
 

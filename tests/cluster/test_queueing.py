@@ -18,7 +18,7 @@ from tests.fixtures.kubelet import NodePool
 from tests.fixtures.kueue import PRIORITY_LABEL, QUEUE_LABEL, Kueue, delete_queues, priority_classes, queues, set_quota
 from tests.fixtures.s3 import S3Server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster_long]
 ATTEMPT, INDEX = "finetune.dev/attempt", "batch.kubernetes.io/job-completion-index"
 
 

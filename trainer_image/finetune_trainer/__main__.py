@@ -4,6 +4,7 @@
     python -m finetune_trainer export --model RUN/model --out RUN/export
     python -m finetune_trainer publish --export RUN/export --repository s3://bucket/models --name my-model
     python -m finetune_trainer combine --member RUN/members/0/export --member ... --out RUN/export
+    python -m finetune_trainer init-repository s3://bucket/models
 
 Each subcommand lives in its own module and exposes ``main(argv) -> int``.
 """
@@ -19,6 +20,7 @@ COMMANDS = {
     "export": "finetune_trainer.export",
     "publish": "finetune_trainer.publish",
     "combine": "finetune_trainer.ensemble",
+    "init-repository": "finetune_trainer.repository_init",
 }
 
 

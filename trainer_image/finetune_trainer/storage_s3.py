@@ -303,6 +303,11 @@ class S3Storage:
     def put_bytes(self, key: str, data: bytes) -> None:
         self._call("put", key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data))
 
+    def put_folder_marker(self) -> None:
+        """Write ``<prefix>/`` (an empty object, as S3 consoles make a folder) so that the prefix exists."""
+        marker = f"{self.prefix}/"
+        self._call("put", "", lambda: self.client.put_object(Bucket=self.bucket, Key=marker, Body=b""))
+
     def get_bytes(self, key: str) -> bytes:
         def get() -> bytes:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()

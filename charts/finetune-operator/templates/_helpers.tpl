@@ -47,3 +47,24 @@ app.kubernetes.io/component: operator
 {{- define "finetune.tritonName" -}}
 {{- printf "%s-triton" (include "finetune.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/* The S3 region and keys Triton (and its init container) read the model repository with. */}}
+{{- define "finetune.tritonS3Env" -}}
+{{- $s3 := .Values.triton.modelRepository.s3 -}}
+{{- with $s3.region }}
+- name: AWS_DEFAULT_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- with $s3.credentialsSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: accessKey
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: secretKey
+{{- end }}
+{{- end -}}
