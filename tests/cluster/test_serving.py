@@ -63,6 +63,17 @@ def version_objects(s3: S3Server, version: int) -> dict[str, str]:
     return {o["Key"]: o["ETag"] for o in listed.get("Contents") or []}
 
 
+def served(url: str, version: int) -> bool:
+    """Whether Triton reports that version of the model ready."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url)
+    try:
+        return client.is_model_ready(MODEL, str(version))
+    finally:
+        client.close()
+
+
 def labels(url: str, texts: list[str]) -> list[str]:
     import numpy as np
     import tritonclient.http as httpclient
@@ -82,8 +93,6 @@ def test_a_job_applied_with_kubectl_ends_as_a_model_triton_serves(
     serving_release: KubeApi, s3_server: S3Server, kube_nodes: NodePool | None, tiny_bert: Path,
     sentiment_csv: tuple[Path, Path],
 ):  # fmt: skip
-    import tritonclient.http as httpclient
-
     kube = serving_release
     kube.kubectl("apply", "-f", "-", stdin=json.dumps(serving_job("served", kube, s3_server, tiny_bert, sentiment_csv)))
     final = wait_status(kube, "served", lambda s: s.get("phase") in ("Succeeded", "Failed"), 600,
@@ -100,11 +109,7 @@ def test_a_job_applied_with_kubectl_ends_as_a_model_triton_serves(
 
     # What is served is in the repository the chart's Triton reads, and answers with the job's labels.
     url = triton_url(kube)
-    client = httpclient.InferenceServerClient(url)
-    try:
-        assert client.is_model_ready(MODEL, "1")
-    finally:
-        client.close()
+    assert served(url, 1)
     keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_server.bucket,
                                                                  Prefix="models/")["Contents"]}  # fmt: skip
     assert f"models/{MODEL}/1/model.onnx" in keys and f"models/{MODEL}/config.pbtxt" in keys, sorted(keys)
@@ -123,8 +128,4 @@ def test_a_job_applied_with_kubectl_ends_as_a_model_triton_serves(
                          "the second job published", kube_nodes)  # fmt: skip
     assert second["phase"] == "Succeeded" and second["model"]["version"] == 2, second
     assert version_objects(s3_server, 1) == first
-    client = httpclient.InferenceServerClient(url)
-    try:
-        assert client.is_model_ready(MODEL, "2")
-    finally:
-        client.close()
+    assert served(url, 2)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from finetune_trainer import contract
 from finetune_trainer.storage import LocalStorage, StorageError, open_storage
@@ -22,7 +21,7 @@ def init_repository(url: str) -> bool:
     storage = open_storage(url)
     if isinstance(storage, LocalStorage):
         created = not storage.root.is_dir()
-        Path(storage.root).mkdir(parents=True, exist_ok=True)
+        storage.root.mkdir(parents=True, exist_ok=True)
         return created
     if not isinstance(storage, S3Storage) or not storage.prefix or storage.list(""):
         return False  # there already, or a bucket's root (which exists with the bucket)

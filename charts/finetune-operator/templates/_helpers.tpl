@@ -68,3 +68,8 @@ app.kubernetes.io/component: operator
       key: secretKey
 {{- end }}
 {{- end -}}
+
+{{/* The trainer image: worker and export pods (the operator's default), Triton's init container. */}}
+{{- define "finetune.trainerImage" -}}
+{{ .Values.trainer.image.repository }}:{{ .Values.trainer.image.tag | default .Chart.AppVersion }}
+{{- end -}}
