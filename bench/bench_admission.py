@@ -109,7 +109,7 @@ class Cluster:
         stack.callback(self.nodes.stop)
         for name in ("node-a", "node-b"):
             self.nodes.add(name)
-        self.kube = KubeApi(self.plane.kubeconfig, NAMESPACE, work, None)
+        self.kube = KubeApi(self.plane.kubeconfig, NAMESPACE, work)
         stack.callback(self.kube.close)
         self.kube.kubectl("apply", "--server-side", "-f", str(ROOT / "manifests" / "crd.yaml"))
         eventually(lambda: "Established" in self.kube.kubectl("get", "crd", "finetunejobs.finetune.dev", "-o",

@@ -1,8 +1,9 @@
 """Operator scale: apply-to-pods latency, reconcile throughput and operator memory for 10, 100 and 1000 jobs.
 
-Against the stand-in API server (tests/fixtures/kubeapi, in its own process) with the real operator process
-(`python -m finetune_operator`). No node agent runs: pods are created but never started, which is what is
-measured here (the operator's work from `kubectl apply` to the worker pods existing).
+Against the test cluster's real control plane (tests/fixtures/cluster.py: etcd, kube-apiserver, the
+controller-manager's Job controller, the scheduler; scripts/build-cluster.sh builds it) with the real operator
+process (`python -m finetune_operator`) out of cluster. No node runs: the Job controller creates the pods, which
+stay Pending, which is what is measured here (from `kubectl apply` to the worker pods existing).
 
 For each N, in a fresh namespace with a freshly started operator:
 
@@ -24,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import socket
 import statistics
 import subprocess
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the stand-in API server lives with the tests
+sys.path.insert(0, str(ROOT))  # the test cluster lives with the tests
 
 from tests.fixtures.processes import stop_process_group  # noqa: E402
 
@@ -46,20 +46,25 @@ SECTION = "## Operator scale"
 SPEC = {
     "model": {"name": "bert-base-uncased"},
     "dataset": {"train": "s3://data/train.csv"},
-    "checkpoint": {"storage": "file:///nonexistent/finetune-bench"},  # nothing is written: pods never run
+    "checkpoint": {"storage": "s3://finetune-bench/checkpoints"},  # nothing is written: pods never run
     "resources": {"nodes": 1, "cpu": "1", "memory": "1Gi"},
 }
 
 
-def serve_stand_in(kubeconfig: str) -> None:
-    """Child mode: run the stand-in API server until stdin closes."""
-    from tests.fixtures.kubeapi import KubeApiServer
+def served(api_client: Any, timeout: float = 60) -> None:
+    """Wait until the API server serves the new CRD's kind."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
 
-    server = KubeApiServer(history_size=200_000).start()
-    server.write_kubeconfig(Path(kubeconfig))
-    print("ready", flush=True)
-    sys.stdin.read()
-    server.stop()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.CustomObjectsApi(api_client).list_cluster_custom_object("finetune.dev", "v1alpha1", "finetunejobs")
+            return
+        except ApiException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def free_port() -> int:
@@ -224,11 +229,12 @@ def write_results(results: list[dict[str, Any]], command: str) -> None:
         [
             SECTION,
             "",
-            f"Measured {date} with `{command}` on {machine}; a shared machine (expect noise). The stand-in API "
-            "server (tests/fixtures/kubeapi) runs in its own process on loopback; the operator is the real "
-            "`python -m finetune_operator` process, restarted for each size; no node agent, so pods are created "
-            "and never started. Latency: jobs applied one by one at the given rate, from the create request to "
-            "the job's first worker pod in a watch. Throughput: as many jobs again applied at once by 8 client "
+            f"Measured {date} with `{command}` on {machine}; a shared machine (expect noise). The test "
+            "cluster's control plane (etcd, kube-apiserver, controller-manager, scheduler) runs on loopback; "
+            "the operator is the real `python -m finetune_operator` process, restarted for each size; no node, "
+            "so the Job controller's pods are created and stay Pending. Latency: jobs applied one by one at "
+            "the given rate, from the create request to the job's first worker pod in a watch. Throughput: as "
+            "many jobs again applied at once by 8 client "
             "threads, divided by the time until the last one's pod appeared. RSS: the operator holding all "
             "2 x N jobs. Targets: p99 apply-to-pods under 1 s and RSS under 200 MB at 1000 jobs.",
             "",
@@ -253,38 +259,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--rate", type=float, default=20.0, help="jobs per second for the latency measurement")
-    parser.add_argument("--serve-stand-in", metavar="KUBECONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="print results only")
     args = parser.parse_args()
-    if args.serve_stand_in:
-        serve_stand_in(args.serve_stand_in)
-        return 0
     from kubernetes import client, config
 
     from finetune_operator import crd
+    from tests.fixtures.cluster import ControlPlane, build
 
     with tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp:
         work = Path(tmp)
-        kubeconfig = work / "kubeconfig"
-        server = subprocess.Popen([sys.executable, __file__, "--serve-stand-in", str(kubeconfig)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)  # fmt: skip
+        plane = ControlPlane(build(), work / "cluster").start()
+        kubeconfig = plane.kubeconfig
         try:
-            assert server.stdout is not None and server.stdout.readline().strip() == b"ready"
             api_client = config.new_client_from_config(config_file=str(kubeconfig))
             api_client.configuration.connection_pool_maxsize = 16
             client.ApiextensionsV1Api(api_client).create_custom_resource_definition(crd.crd())
+            served(api_client)
             results = []
             for n in args.sizes:
                 result = round_(api_client, kubeconfig, n, args.rate, work)
                 print(json.dumps(result), flush=True)
                 results.append(result)
         finally:
-            if server.stdin:
-                server.stdin.close()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+            plane.stop()
     if not args.no_write:
         command = "python bench/bench_operator.py" + (
             f" --sizes {' '.join(map(str, args.sizes))}" if args.sizes != [10, 100, 1000] else ""

@@ -129,7 +129,7 @@ def logs(args: argparse.Namespace) -> int:
     component = names.EXPORTER if args.export else names.TRAINER
     selector = f"{names.JOB_LABEL}={args.name},{names.COMPONENT_LABEL}={component}"
     if not args.export:
-        selector += f",{names.RANK_LABEL}={args.rank}"
+        selector += f",{names.INDEX_LABEL}={args.rank}"  # the Job controller labels each pod with its index
     pods = core.list_namespaced_pod(namespace, label_selector=selector).items
     if not pods:
         print(f"error: no {component} pod of {namespace}/{args.name}" + ("" if args.export else f" rank {args.rank}"),

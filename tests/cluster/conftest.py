@@ -1,11 +1,13 @@
 """The FineTuneJob CRD installed once into the real control plane, the way a user installs it; the operator
-running against it out of cluster; small job helpers."""
+running against it out of cluster; the S3 server the pods reach; small job helpers."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,20 +15,66 @@ from typing import Any
 import pytest
 
 from finetune_operator import api
-from tests.e2e.conftest import Operator
-from tests.fixtures.kube import KubeApi, eventually
+from tests.cluster.operator_process import Operator
+from tests.fixtures.kube import KubeApi, eventually, real_cluster
 from tests.fixtures.kubelet import NodePool
 from tests.fixtures.processes import free_port
-from tests.fixtures.s3 import S3Server
+from tests.fixtures.s3 import S3Server, delete_bucket
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = f"{api.PLURAL}.{api.GROUP}"
+EXTERNAL_S3 = "FINETUNE_E2E_S3_ENDPOINT"  # with FINETUNE_E2E_REAL_CLUSTER=1: an S3 both this machine and pods reach
+
+
+class ExternalS3:
+    """An S3 service given by FINETUNE_E2E_S3_ENDPOINT and the AWS_* credentials (a real cluster's pods cannot
+    reach this machine's loopback SeaweedFS). It cannot be stopped: tests that restart S3 skip."""
+
+    running = True
+
+    def __init__(self) -> None:
+        self.endpoint = os.environ[EXTERNAL_S3]
+        self.access_key = os.environ["AWS_ACCESS_KEY_ID"]
+        self.secret_key = os.environ["AWS_SECRET_ACCESS_KEY"]
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key,
+                            region_name=os.environ.get("AWS_REGION", "us-east-1"))  # fmt: skip
+
+    def stop(self, crash: bool = False) -> None:
+        pytest.skip("restarts the test's S3 server; an external S3 service is not restarted")
+
+    def start(self) -> None:
+        pytest.skip("restarts the test's S3 server; an external S3 service is not restarted")
+
+
+@pytest.fixture
+def s3_server(request: pytest.FixtureRequest) -> Iterator[S3Server]:
+    """A fresh bucket for this test: on the test's SeaweedFS, or on a real cluster in FINETUNE_E2E_S3_ENDPOINT's
+    S3 (deleted at the end either way)."""
+    if not real_cluster():
+        yield request.getfixturevalue("local_s3_server")
+        return
+    if not os.environ.get(EXTERNAL_S3):
+        pytest.skip(f"a real cluster's pods cannot reach this machine's loopback S3: set {EXTERNAL_S3} and AWS_* "
+                    "to an S3 both reach (docs/e2e.md)")  # fmt: skip
+    server = ExternalS3()
+    bucket = f"finetune-e2e-{uuid.uuid4().hex[:12]}"
+    server.client().create_bucket(Bucket=bucket)
+    try:
+        yield S3Server(server, bucket)  # type: ignore[arg-type]
+    finally:
+        with contextlib.suppress(Exception):
+            delete_bucket(server.client(), bucket)
 
 
 @pytest.fixture(scope="session")
 def finetunejob_crd(kube_cluster: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     """`kubectl apply --server-side -f manifests/crd.yaml`, then wait until the API serves the kind."""
-    kube = KubeApi(kube_cluster, "default", tmp_path_factory.mktemp("crd"), None)
+    kube = KubeApi(kube_cluster, "default", tmp_path_factory.mktemp("crd"))
     kube.kubectl("apply", "--server-side", "-f", str(ROOT / "manifests" / "crd.yaml"))
     # `kubectl wait` fails outright while the new CRD has no conditions yet: poll instead.
     eventually(lambda: _established(kube), timeout=60, interval=0.2, what=f"CRD {CRD} Established")

@@ -127,7 +127,7 @@ def test_token_from_token_request_authenticates_under_rbac(cluster_api: KubeApi,
     # `kubectl create token` calls the TokenRequest API (serviceaccounts/token), as the kubelet does for a pod.
     kubeconfig = service_account_kubeconfig(cluster_api, "reader", tmp_path / "sa.kubeconfig")
     token = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"]
-    as_reader = KubeApi(tmp_path / "sa.kubeconfig", ns, tmp_path, None)
+    as_reader = KubeApi(tmp_path / "sa.kubeconfig", ns, tmp_path)
     apply(cluster_api, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}})
 
     who = json.loads(as_reader.kubectl("auth", "whoami", "-o", "json").stdout)

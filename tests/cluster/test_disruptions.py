@@ -6,9 +6,7 @@ Running, and cleared when it continues."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import signal
 import time
@@ -20,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.conftest import get_json, status, step, uploaded_job, wait_status, warnings
+from tests.cluster.processes import signal_all, worker_processes
 from tests.cluster.test_finetunejob_api import columns
 from tests.fixtures.kube import KubeApi, eventually
 from tests.fixtures.kubelet import NodePool
@@ -175,46 +174,6 @@ def started_at(pod: dict[str, Any]) -> float:
 
 
 # --- 3. a stalled worker
-
-
-def children(pid: int) -> list[int]:
-    kids: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                kids += [int(k) for k in (task / "children").read_text().split()]
-    return kids
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def tree(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo += children(p)
-    return found
-
-
-def worker_processes(pod: dict[str, Any]) -> list[int]:
-    """The trainer processes torchrun started in a pod, and theirs: the test kubelet runs containers as processes
-    of this machine, and its containerID is ``process://<pid>``."""
-    root = int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))
-    agents = [p for p in tree(root) if "torch.distributed.run" in cmdline(p)]
-    workers = [c for a in agents for c in children(a) if "finetune_trainer" in cmdline(c)]
-    return [p for w in workers for p in tree(w)]
-
-
-def signal_all(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
 
 
 def test_a_stopped_worker_is_flagged_stalled_while_running_and_cleared_when_it_continues(

@@ -6,9 +6,11 @@ env and termination messages, restart by policy, and wait with a kubelet's reaso
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -195,6 +197,27 @@ def test_an_init_container_runs_once_before_the_main_one_under_restart_policy_al
     assert running["status"]["containerStatuses"][0]["restartCount"] == 0
 
 
+def test_a_volume_over_the_images_folder_leaves_the_image_runnable(kube: KubeApi):
+    """A real image keeps its Python in /opt or /usr; here it is a venv on a node path, which a pod's volume may
+    cover (the chart's emptyDir at /tmp, for a checkout under /tmp). The image's files stay visible, the volume
+    is still the volume around them."""
+    venv = Path(sys.prefix)
+    covered = str(venv.parent)
+    script = f"""
+        import os, sys
+        assert sys.prefix == {str(venv)!r}, sys.prefix
+        open({covered!r} + "/written", "w").write("1")  # the volume, writable
+        print(sorted(os.listdir({covered!r})))
+    """
+    apply(kube, python_pod("covered", script, securityContext={"runAsUser": 10001},
+                           container={"volumeMounts": [{"name": "scratch", "mountPath": covered}]},
+                           volumes=[{"name": "scratch", "emptyDir": {}}]))  # fmt: skip
+    got = phase(kube, "covered", "Succeeded", "Failed")
+    log = kube.kubectl("logs", "covered").stdout
+    assert got["status"]["phase"] == "Succeeded", (terminated(got), log)
+    assert "written" in log and venv.name in log, log  # the emptyDir, with the image's folder bound into it
+
+
 def test_pods_that_cannot_start_wait_with_the_kubelets_reason(kube: KubeApi):
     apply(kube, python_pod("no-image", "", container={"image": "registry.example/missing:1"}),
           python_pod("no-secret", "", container={
@@ -229,8 +252,10 @@ def test_deleting_a_pod_sends_sigterm_and_waits_for_the_grace_period(kube: KubeA
 
 
 def events(kube: KubeApi, pod: str) -> list[str]:
+    """The pod's event reasons in the order they were created: timestamps have whole seconds, and two events of
+    one second would sort by name; the resourceVersion etcd gave each create is its order."""
     items = get_json(kube, "events", "--field-selector", f"involvedObject.name={pod}")["items"]
-    return [e["reason"] for e in sorted(items, key=lambda e: e.get("firstTimestamp") or "")]
+    return [e["reason"] for e in sorted(items, key=lambda e: int(e["metadata"]["resourceVersion"]))]
 
 
 def timestamp(text: str) -> datetime:

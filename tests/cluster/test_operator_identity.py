@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import get_json, job, status
-from tests.e2e.conftest import Operator
+from tests.cluster.operator_process import Operator
 from tests.fixtures.kube import KubeApi, eventually
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import ROOT, get_json, job, status
-from tests.e2e.conftest import Operator
+from tests.cluster.operator_process import Operator
 from tests.fixtures.kube import KubeApi, eventually
 from tests.fixtures.processes import free_port
 

@@ -12,7 +12,7 @@ import pytest
 
 from finetune_operator import rbac
 from tests.cluster.conftest import get_json, job, status
-from tests.e2e.conftest import Operator
+from tests.cluster.operator_process import Operator
 from tests.fixtures.kube import KubeApi, eventually, service_account_kubeconfig
 from tests.fixtures.processes import free_port
 
@@ -32,7 +32,7 @@ def operator_as_its_service_account(ftj_api: KubeApi, tmp_path: Path) -> Iterato
     for obj in (account, role, binding):
         ftj_api.kubectl("apply", "-f", "-", stdin=json.dumps(obj))
     kubeconfig = service_account_kubeconfig(ftj_api, "finetune-operator", tmp_path / "operator.kubeconfig")
-    as_operator = KubeApi(kubeconfig, ftj_api.namespace, tmp_path / "operator", None)
+    as_operator = KubeApi(kubeconfig, ftj_api.namespace, tmp_path / "operator")
     env = {"FINETUNE_METRICS_PORT": str(free_port()), "FINETUNE_METRICS_ADDRESS": "127.0.0.1",
            "FINETUNE_POLL_SECONDS": "1", "FINETUNE_BACKOFF_SECONDS": "1"}  # fmt: skip
     op = Operator(as_operator, tmp_path, env).start()

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import get_json, job, status, warnings
+from tests.cluster.operator_process import Operator
 from tests.cluster.test_finetunejob_api import columns
-from tests.e2e.conftest import Operator
 from tests.fixtures.kube import KubeApi, eventually
 
 pytestmark = pytest.mark.slow

@@ -63,13 +63,13 @@ def version_objects(s3: S3Server, version: int) -> dict[str, str]:
     return {o["Key"]: o["ETag"] for o in listed.get("Contents") or []}
 
 
-def served(url: str, version: int) -> bool:
+def served(url: str, version: int, model: str = MODEL) -> bool:
     """Whether Triton reports that version of the model ready."""
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(url)
     try:
-        return client.is_model_ready(MODEL, str(version))
+        return client.is_model_ready(model, str(version))
     finally:
         client.close()
 

@@ -1,7 +1,7 @@
 """Security properties of what the project renders: the restricted Pod Security Standard for every pod the
 operator builds and every Deployment the chart installs, credentials only as Secret references, Triton's model
 control reachable only from the operator and its export pods (NetworkPolicy), and only the publish step calling
-Triton's load/unload. The end-to-end canary and RBAC run is tests/e2e/test_security.py.
+Triton's load/unload. The end-to-end canary and RBAC run is tests/cluster/test_security.py.
 """
 
 from __future__ import annotations
@@ -283,18 +283,17 @@ def test_triton_restricted_api_keeps_model_control_from_inference_clients(triton
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    from tests.e2e.chaos import RestartableTriton
+    from tests.fixtures.triton import launch
 
     header, value = "finetune-control", "s3cr3t-from-a-secret"
     restrict = [f"--http-restricted-api=model-repository:{header}={value}",
                 f"--grpc-restricted-protocol=model-repository:{header}={value}"]  # fmt: skip
     (tmp_path / "repo").mkdir()
-    server = RestartableTriton(triton_install, tmp_path / "repo", tmp_path / "triton.log", extra=tuple(restrict))
-    server.start()
+    server = launch(triton_install, tmp_path / "repo", tmp_path / "triton.log", extra=tuple(restrict))
     try:
         # Over gRPC Triton expects the header with the prefix triton-grpc-protocol-.
         clients = [(httpclient.InferenceServerClient(server.http_url), header),
-                   (grpcclient.InferenceServerClient(f"127.0.0.1:{server.ports[1]}"),
+                   (grpcclient.InferenceServerClient(server.grpc_url),
                     f"triton-grpc-protocol-{header}")]  # fmt: skip
         for c, key in clients:
             assert c.is_server_live() and c.is_server_ready()  # health and metadata: open

@@ -1,17 +1,22 @@
 """The validating webhook as the API server calls it: an AdmissionReview POSTed to the operator's webhook server
-(kopf's, started when FINETUNE_WEBHOOK_PORT is set; plain HTTP here because no certificate is configured)."""
+(kopf's, started when FINETUNE_WEBHOOK_PORT is set; plain HTTP here, the chart's Service and certificate are
+test_helm_operator's). It judges what the CRD's schema and CEL rules cannot, names every wrong field, and refuses
+changes to a started job's inputs."""
 
 from __future__ import annotations
 
 import json
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from finetune_operator import api
-from tests.e2e.conftest import Operator, free_port
-from tests.fixtures.kube import eventually
+from tests.cluster.operator_process import Operator
+from tests.fixtures.kube import KubeApi, eventually
+from tests.fixtures.processes import free_port
 
 SPEC = {
     "model": {"name": "bert-base-uncased"},
@@ -21,10 +26,16 @@ SPEC = {
 
 
 @pytest.fixture
-def webhook_port(operator_env: dict[str, str]) -> int:
+def webhook(ftj_api: KubeApi, tmp_path: Path) -> Iterator[int]:
+    """The operator with its webhook server on a free loopback port; yields the port."""
     port = free_port()
-    operator_env.update(FINETUNE_WEBHOOK_PORT=str(port), FINETUNE_WEBHOOK_ADDRESS="127.0.0.1")
-    return port
+    env = {"FINETUNE_METRICS_PORT": str(free_port()), "FINETUNE_METRICS_ADDRESS": "127.0.0.1",
+           "FINETUNE_WEBHOOK_PORT": str(port), "FINETUNE_WEBHOOK_ADDRESS": "127.0.0.1"}  # fmt: skip
+    op = Operator(ftj_api, tmp_path, env).start()
+    try:
+        yield port
+    finally:
+        op.stop()
 
 
 def review(port: int, operation: str, spec: dict, old: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -42,19 +53,19 @@ def review(port: int, operation: str, spec: dict, old: dict[str, Any] | None = N
         return json.loads(r.read())["response"]
 
 
-def test_the_webhook_names_every_wrong_field_and_refuses_immutable_changes(webhook_port: int, operator: Operator):
-    ok = eventually(lambda: review(webhook_port, "CREATE", SPEC), timeout=30, what="webhook answering")
+def test_the_webhook_names_every_wrong_field_and_refuses_immutable_changes(webhook: int):
+    ok = eventually(lambda: review(webhook, "CREATE", SPEC), timeout=30, what="webhook answering")
     assert ok["allowed"] is True
 
     bad = {**SPEC, "hyperparameters": {"learningRate": 2}, "resources": {"nodes": 0}}
-    denied = review(webhook_port, "CREATE", bad)
+    denied = review(webhook, "CREATE", bad)
     assert denied["allowed"] is False and denied["status"]["code"] == 422
     message = denied["status"]["message"]
     assert "spec.hyperparameters.learningRate: expected a number less than 1.0, got 2" in message
     assert "spec.resources.nodes: expected a number of at least 1, got 0" in message
 
     running = {"metadata": {"name": "sentiment"}, "spec": SPEC, "status": {"phase": "Running"}}
-    changed = review(webhook_port, "UPDATE", {**SPEC, "model": {"name": "roberta-base"}}, old=running)
+    changed = review(webhook, "UPDATE", {**SPEC, "model": {"name": "roberta-base"}}, old=running)
     assert changed["allowed"] is False
     assert changed["status"]["message"].startswith("spec.model: cannot change while the job is Running")
-    assert review(webhook_port, "UPDATE", {**SPEC, "suspend": True}, old=running)["allowed"] is True
+    assert review(webhook, "UPDATE", {**SPEC, "suspend": True}, old=running)["allowed"] is True

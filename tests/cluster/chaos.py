@@ -1,9 +1,10 @@
-"""Chaos for the end-to-end flow: a Triton that can be restarted, a seeded fault injector, a pod sampler, and
-the invariant checks on checkpoints and the model repository (used by test_chaos.py).
+"""Chaos on the test cluster: a seeded schedule of faults injected through the real parts, a pod sampler, and the
+invariant checks on checkpoints and the model repository (used by test_chaos.py).
 
-Every fault is injected through a real part: worker processes SIGKILLed by the node agent, the operator
-process SIGKILLed and started again, the SeaweedFS and Triton processes stopped and started on the same ports,
-409 Conflict answers and dropped watch streams from the API stand-in.
+Faults: a worker's trainer processes SIGKILLed mid-training (after a checkpoint was committed, so that the next
+attempt has one to resume from), the operator's pod deleted (its Deployment makes another), the S3 server stopped
+or killed and started again on its port, the chart's Triton pod deleted, and etcd with the API server killed and
+restarted with their data.
 """
 
 from __future__ import annotations
@@ -18,81 +19,22 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_operator.serve_local import server_command
 from finetune_trainer import triton_repo
-from tests.fixtures.triton import _die_with_parent, _grpc_live, free_port
+from tests.cluster.conftest import get_json, status, step
+from tests.cluster.processes import signal_all, worker_processes
+from tests.fixtures.cluster import ControlPlane
+from tests.fixtures.kube import KubeApi
+from tests.fixtures.s3 import S3Server
 
-FAULTS = ("kill_worker", "kill_operator", "restart_s3", "restart_triton", "api_conflict", "drop_watches")
+FAULTS = ("kill_worker", "delete_operator", "restart_s3", "delete_triton", "crash_control_plane")
 ACTIVE_PHASES = ("Pending", "Running")
-
-
-class RestartableTriton:
-    """tritonserver on fixed loopback ports, stopped and started again like a restarted Triton pod.
-
-    On start it loads every model that has a config in the repository, as the chart's ``triton.loadModels``
-    does for the models it names (explicit model control loads nothing by itself).
-    """
-
-    def __init__(self, install: Any, repository: Path, log_path: Path, extra: tuple[str, ...] = ()) -> None:
-        self.install, self.repository, self.log_path, self.extra = install, repository, log_path, list(extra)
-        self.ports = (free_port(), free_port(), free_port())
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.stuck_starts = 0
-
-    @property
-    def http_url(self) -> str:
-        return f"127.0.0.1:{self.ports[0]}"
-
-    def start(self, timeout: float = 45.0, attempts: int = 3) -> None:
-        """Start and wait until HTTP and gRPC answer. A start that hangs (Triton loading a version whose files a
-        publisher's rollback deletes meanwhile, see docs/reliability.md) is killed and started again, as the
-        kubelet restarts a pod that fails its startup probe; ``stuck_starts`` counts those."""
-        for attempt in range(1, attempts + 1):
-            if self._start_once(timeout):
-                return
-            self.stop()
-            self.stuck_starts += 1
-            if attempt == attempts:
-                raise RuntimeError(f"tritonserver not live after {attempts} starts of {timeout}s: see {self.log_path}")
-
-    def _start_once(self, timeout: float) -> bool:
-        models = sorted(p.parent.name for p in self.repository.glob("*/config.pbtxt"))
-        extra = ["--exit-timeout-secs=3", *(f"--load-model={m}" for m in models), *self.extra]
-        argv, env = server_command(self.install, self.repository, *self.ports, load_all=False, extra=extra)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         preexec_fn=_die_with_parent)  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.proc.returncode}: see {self.log_path}")
-            live = f"http://{self.http_url}/v2/health/live"
-            with contextlib.suppress(OSError), urllib.request.urlopen(live, timeout=1) as r:
-                if r.status == 200 and _grpc_live(f"127.0.0.1:{self.ports[1]}"):
-                    return True
-            time.sleep(0.2)
-        return False
-
-    def stop(self) -> None:
-        """SIGTERM the server's process group (it holds the Python-backend stubs), SIGKILL what is left."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
+OPERATOR = "app.kubernetes.io/name=finetune-operator,app.kubernetes.io/component=operator"
+TRITON = "app.kubernetes.io/component=triton"
 
 
 def chaos_seed() -> int:
@@ -101,12 +43,12 @@ def chaos_seed() -> int:
     return int(raw) if raw else random.SystemRandom().randrange(2**31)
 
 
-def schedule(rng: random.Random, total: int) -> list[str]:
-    """``total`` faults: every kind once (in a random order), then random extra faults, worker kills weighted up."""
-    kinds = list(FAULTS)
-    rng.shuffle(kinds)
-    weights = [3 if k == "kill_worker" else 1 for k in FAULTS]
-    return (kinds + rng.choices(FAULTS, weights=weights, k=max(total - len(kinds), 0)))[:total]
+def schedule(rng: random.Random, total: int, kills: int) -> list[str]:
+    """``total`` faults: every kind once and at least ``kills`` worker kills, in a random order."""
+    plan = list(FAULTS) + ["kill_worker"] * max(kills - 1, 0)
+    plan += rng.choices(FAULTS, k=max(total - len(plan), 0))
+    rng.shuffle(plan)
+    return plan
 
 
 # ------------------------------------------------------------------------------------------------ sampler
@@ -114,13 +56,12 @@ def schedule(rng: random.Random, total: int) -> list[str]:
 
 @dataclass
 class PodSampler:
-    """Lists the test namespace's pods several times a second from its own thread and records every moment a
-    job had more live pods of one kind than it may (duplicated workers or exporters)."""
+    """Lists the namespace's pods several times a second from its own thread and records every moment a job had
+    more live pods of one kind than it may (duplicated workers or exporters)."""
 
-    core: Any
-    namespace: str
+    kube: KubeApi
     workers_per_job: int = 1
-    interval: float = 0.25
+    interval: float = 0.5
     samples: int = 0
     violations: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -134,12 +75,15 @@ class PodSampler:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        from kubernetes import client
+
+        core = client.CoreV1Api(self.kube.client())
         while not self._stop.wait(self.interval):
-            with contextlib.suppress(Exception):  # the API stand-in is never down; a slow answer is skipped
-                self.check(self.core.list_namespaced_pod(self.namespace, _request_timeout=5).items)
+            with contextlib.suppress(Exception):  # the API server may be down: that moment is not sampled
+                self.check(core.list_namespaced_pod(self.kube.namespace, _request_timeout=5).items)
 
     def check(self, pods: list[Any]) -> None:
         self.samples += 1
@@ -163,19 +107,21 @@ class Injector:
     """Injects one fault at a time through the real parts; counts what was actually injected."""
 
     rng: random.Random
-    kube: Any  # tests.fixtures.kube.KubeApi
-    jobs: Any  # tests.e2e.conftest.Jobs
-    node_agent: Any
-    operator: Any  # tests.e2e.conftest.Operator
-    s3: Any  # tests.fixtures.s3.S3Server
-    triton: RestartableTriton
+    kube: KubeApi
+    plane: ControlPlane
+    s3: S3Server
     torn: TornCheckpoints
+    every: int  # the jobs' checkpoint.everySteps
     counts: Counter = field(default_factory=Counter)
     log: list[str] = field(default_factory=list)
 
     def inject(self, kind: str) -> bool:
-        """Inject ``kind``; False when there was nothing to inject it into (e.g. no running pod)."""
-        done = getattr(self, kind)()
+        """Inject ``kind``; False when there was nothing to inject it into (e.g. no worker past a checkpoint)."""
+        try:
+            done = getattr(self, kind)()
+        except (AssertionError, subprocess.SubprocessError) as e:  # the API server was not answering: later
+            self.note(f"{kind} not injected: {str(e)[:200]}")
+            return False
         if done:
             self.counts[kind] += 1
         return done
@@ -183,58 +129,65 @@ class Injector:
     def note(self, text: str) -> None:
         self.log.append(f"{time.strftime('%H:%M:%S')} {text}")
 
-    def running_pods(self) -> list[Any]:
-        pods = self.jobs.core.list_namespaced_pod(self.kube.namespace).items
-        return [p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+    def running(self, selector: str) -> list[dict[str, Any]]:
+        pods = get_json(self.kube, "pods", "-l", selector)["items"]
+        return [p for p in pods if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+                and all(c.get("state", {}).get("running") for c in p["status"].get("containerStatuses") or [{}])]
 
     def kill_worker(self) -> bool:
-        pods = self.running_pods()
+        """SIGKILL the trainer processes of a worker whose job is past a committed checkpoint and not near its end."""
+        candidates = []
+        for pod in self.running("app.kubernetes.io/component=trainer"):
+            job = pod["metadata"]["labels"]["finetune.dev/job"]
+            s = status(self.kube, job)
+            checkpoint = (s.get("lastCheckpoint") or {}).get("step") or 0
+            total = (s.get("progress") or {}).get("totalSteps") or 0
+            if s.get("phase") == "Running" and checkpoint >= self.every and step(s) < total - self.every:
+                candidates.append((pod, job, step(s), checkpoint))
+        if not candidates:
+            return False
+        pod, job, at, checkpoint = self.rng.choice(sorted(candidates, key=lambda c: c[0]["metadata"]["name"]))
+        pids = worker_processes(pod)
+        if not pids:
+            return False
+        self.torn.plant(job)
+        signal_all(pids, signal.SIGKILL)
+        self.note(f"SIGKILL the trainer of {pod['metadata']['name']} at step {at} (checkpoint {checkpoint})")
+        return True
+
+    def delete_operator(self) -> bool:
+        pods = self.running(OPERATOR)
         if not pods:
             return False
-        pod = self.rng.choice(sorted(pods, key=lambda p: p.metadata.name))
-        labels = pod.metadata.labels or {}
-        if labels.get("app.kubernetes.io/component") == "trainer" and self.s3.server.running:
-            self.torn.plant(labels["finetune.dev/job"])
-        killed = self.node_agent.kill_pod(self.kube.namespace, pod.metadata.name, signal.SIGKILL)
-        self.note(f"SIGKILL {pod.metadata.name} ({killed} process group(s))")
-        return killed > 0
-
-    def kill_operator(self) -> bool:
-        self.operator.kill()
-        time.sleep(self.rng.uniform(0.2, 2.0))
-        self.operator.start()
-        self.note(f"operator SIGKILLed and started again (run {self.operator.runs})")
+        self.kube.kubectl("delete", "pod", *(p["metadata"]["name"] for p in pods), "--wait=false")
+        self.note(f"operator pod {pods[0]['metadata']['name']} deleted")
         return True
 
     def restart_s3(self) -> bool:
         crash = self.rng.random() < 0.5
-        self.s3.stop(crash=crash)
-        down = self.rng.uniform(1.0, 4.0)
+        self.s3.server.stop(crash=crash)
+        down = self.rng.uniform(2.0, 6.0)
         time.sleep(down)
-        self.s3.start()
+        self.s3.server.start()
         self.note(f"S3 {'killed' if crash else 'stopped'} for {down:.1f}s and started again")
         return True
 
-    def restart_triton(self) -> bool:
-        self.triton.stop()
-        down = self.rng.uniform(0.5, 2.0)
+    def delete_triton(self) -> bool:
+        pods = self.running(TRITON)
+        if not pods:
+            return False
+        self.kube.kubectl("delete", "pod", *(p["metadata"]["name"] for p in pods), "--wait=false")
+        self.note(f"Triton pod {pods[0]['metadata']['name']} deleted")
+        return True
+
+    def crash_control_plane(self) -> bool:
+        self.plane.kill("kube-apiserver")
+        self.plane.kill("etcd")
+        down = self.rng.uniform(2.0, 6.0)
         time.sleep(down)
-        self.triton.start()
-        self.note(f"Triton stopped for {down:.1f}s and started again")
-        return True
-
-    def api_conflict(self) -> bool:
-        resource = self.rng.choice(["finetunejobs.finetune.dev", "pods"])
-        n = self.rng.randint(2, 6)
-        self.kube.fail_next_writes(resource, n)
-        self.counts["conflicts_armed"] += n
-        self.note(f"next {n} updates/patches of {resource} answered 409 Conflict")
-        return True
-
-    def drop_watches(self) -> bool:
-        abrupt = self.rng.random() < 0.5
-        n = self.kube.drop_watches(abrupt)
-        self.note(f"{n} watch streams dropped{' abruptly' if abrupt else ''}")
+        self.plane.restart("etcd")
+        self.plane.restart("kube-apiserver")
+        self.note(f"etcd and kube-apiserver killed, restarted after {down:.1f}s")
         return True
 
 
@@ -248,31 +201,31 @@ class TornCheckpoints:
 
     client: Any  # boto3 S3 client
     bucket: str
-    prefix: str  # <prefix>/<namespace>/<job>/checkpoint-...
-    namespace: str
+    bases: dict[str, str] = field(default_factory=dict)  # job -> the key prefix of its status.storage
     planted: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
 
+    def base(self, job: str) -> str:
+        return self.bases[job]
+
     def plant(self, job: str) -> None:
-        base = f"{self.prefix}/{self.namespace}/{job}"
+        if job not in self.bases:
+            return
+        base = self.base(job)
         no_manifest, bad_manifest = 9_999_999, 9_999_998
         with contextlib.suppress(Exception):  # S3 may be restarting; then nothing is planted
             self.client.put_object(Bucket=self.bucket, Key=f"{base}/checkpoint-{no_manifest:08d}/state.pt", Body=b"x")
             self.client.put_object(Bucket=self.bucket, Key=f"{base}/checkpoint-{bad_manifest:08d}/state.pt", Body=b"y")
             manifest = {
-                "format": 1,
-                "step": bad_manifest,
-                "metric": None,
-                "world_size": 1,
-                "save_id": "torn",
+                "format": 1, "step": bad_manifest, "metric": None, "world_size": 1, "save_id": "torn",
                 "objects": [{"key": "state.pt", "size": 1, "sha256": hashlib.sha256(b"z").hexdigest()}],
-            }
+            }  # fmt: skip
             self.client.put_object(Bucket=self.bucket, Key=f"{base}/checkpoint-{bad_manifest:08d}/manifest.json",
                                    Body=json.dumps(manifest).encode())  # fmt: skip
             self.planted[job] |= {no_manifest, bad_manifest}
 
     def committed_objects_match(self, job: str) -> list[str]:
         """Problems with the job's committed (manifest-bearing) checkpoints, planted ones aside."""
-        base = f"{self.prefix}/{self.namespace}/{job}/"
+        base = self.base(job) + "/"
         keys = {}
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
             keys.update({o["Key"][len(base) :]: o["Size"] for o in page.get("Contents", [])})
@@ -303,16 +256,27 @@ def resume_problems(job: str, logs_by_attempt: dict[int, str], planted: set[int]
     for attempt in sorted(logs_by_attempt):
         text = logs_by_attempt[attempt]
         for m in RESUMED.finditer(text):
-            step, resumes = int(m.group(1)), resumes + 1
-            if step in planted or step not in committed:
-                problems.append(
-                    f"{job} attempt {attempt} resumed from step {step}; committed before: {sorted(committed)}"
-                )
+            at, resumes = int(m.group(1)), resumes + 1
+            if at in planted or at not in committed:
+                problems.append(f"{job} attempt {attempt} resumed from step {at}; committed: {sorted(committed)}")
         committed |= {int(s) for s in COMMITTED.findall(text)}
     return problems, resumes
 
 
 # ----------------------------------------------------------------------------------------- model versions
+
+
+def download(s3: S3Server, prefix: str, into: Path) -> Path:
+    """A local copy of everything under ``prefix`` (the S3 model repository, to check as files)."""
+    client = s3.client()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix=f"{prefix}/"):
+        for o in page.get("Contents", []):
+            if o["Key"].endswith("/"):  # a folder marker
+                continue
+            path = into / o["Key"][len(prefix) + 1 :]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(client.get_object(Bucket=s3.bucket, Key=o["Key"])["Body"].read())
+    return into
 
 
 def version_digest(repository: Path, model: str, version: int) -> str | None:
@@ -324,7 +288,6 @@ def version_digest(repository: Path, model: str, version: int) -> str | None:
         return None
     sha = hashlib.sha256()
     for part in parts:
-        # Triton's Python backend caches bytecode beside model.py; that is Triton's, not the publisher's.
         for f in sorted(p for p in part.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
             sha.update(str(f.relative_to(repository)).encode())
             sha.update(f.read_bytes())
