@@ -113,6 +113,7 @@ class Injector:
     torn: TornCheckpoints
     every: int  # the jobs' checkpoint.everySteps
     counts: Counter = field(default_factory=Counter)
+    killed: Counter = field(default_factory=Counter)  # worker kills per job
     log: list[str] = field(default_factory=list)
 
     def inject(self, kind: str) -> bool:
@@ -135,24 +136,30 @@ class Injector:
                 and all(c.get("state", {}).get("running") for c in p["status"].get("containerStatuses") or [{}])]
 
     def kill_worker(self) -> bool:
-        """SIGKILL the trainer processes of a worker whose job is past a committed checkpoint and not near its end."""
+        """SIGKILL the trainer processes of a worker whose own attempt has committed a checkpoint (so the next
+        attempt has one to resume from) and is not near its last step; the job killed least so far first."""
         candidates = []
         for pod in self.running("app.kubernetes.io/component=trainer"):
-            job = pod["metadata"]["labels"]["finetune.dev/job"]
+            labels = pod["metadata"]["labels"]
+            job, attempt = labels["finetune.dev/job"], int(labels["finetune.dev/attempt"])
             s = status(self.kube, job)
-            checkpoint = (s.get("lastCheckpoint") or {}).get("step") or 0
             total = (s.get("progress") or {}).get("totalSteps") or 0
-            if s.get("phase") == "Running" and checkpoint >= self.every and step(s) < total - self.every:
-                candidates.append((pod, job, step(s), checkpoint))
+            if s.get("phase") != "Running" or s.get("attempt") != attempt or step(s) >= total - self.every:
+                continue
+            log = self.kube.kubectl("logs", pod["metadata"]["name"], "--tail=-1", check=False).stdout
+            if committed := [int(n) for n in COMMITTED.findall(log)]:
+                candidates.append((self.killed[job], pod["metadata"]["name"], pod, job, step(s), max(committed)))
         if not candidates:
             return False
-        pod, job, at, checkpoint = self.rng.choice(sorted(candidates, key=lambda c: c[0]["metadata"]["name"]))
+        fewest = min(c[0] for c in candidates)
+        _, name, pod, job, at, checkpoint = self.rng.choice(sorted(c for c in candidates if c[0] == fewest))
         pids = worker_processes(pod)
         if not pids:
             return False
         self.torn.plant(job)
         signal_all(pids, signal.SIGKILL)
-        self.note(f"SIGKILL the trainer of {pod['metadata']['name']} at step {at} (checkpoint {checkpoint})")
+        self.killed[job] += 1
+        self.note(f"SIGKILL the trainer of {name} at step {at} (this attempt committed checkpoint {checkpoint})")
         return True
 
     def delete_operator(self) -> bool:

@@ -30,6 +30,7 @@ import pytest
 
 from tests.cluster.chaos import (
     FAULTS,
+    RESUMED,
     Injector,
     PodSampler,
     TornCheckpoints,
@@ -52,7 +53,7 @@ from tests.fixtures.s3 import S3Server
 pytestmark = [pytest.mark.slow, pytest.mark.cluster_long, pytest.mark.timeout(1800)]
 
 JOBS, SERVED = 4, 2  # of which the first SERVED export and publish into the chart's Triton
-EVERY = 10  # checkpoint.everySteps
+EVERY = 50  # checkpoint.everySteps
 KILLS = 3  # worker kills in every schedule, each one a resume from a checkpoint
 FINISH_WITHIN = 1200.0  # liveness bound: every job terminal by then (seconds from the first create)
 # What a Failed job's message must mention, per fault that can legitimately exhaust a job's retries.
@@ -113,7 +114,7 @@ def test_jobs_survive_random_faults_of_the_real_parts(
         names, models = [f"chaos-{i}" for i in range(JOBS)], {}
         for i, name in enumerate(names):
             job = s3_job(name, s3_server, model, *data)
-            steps = rng.choice([100, 140])
+            steps = rng.choice([1500, 2000])
             job["spec"]["hyperparameters"].update(maxSteps=steps, evalSteps=steps, batchSize=16)
             job["spec"]["resources"] = {"nodes": 1, "processesPerNode": 1, "cpu": "1", "memory": "2Gi"}
             job["spec"]["checkpoint"]["everySteps"] = EVERY
@@ -153,7 +154,7 @@ def test_jobs_survive_random_faults_of_the_real_parts(
                 if plan and time.monotonic() >= next_fault:
                     kind = plan.pop(0)
                     if injector.inject(kind):
-                        next_fault = time.monotonic() + rng.uniform(8.0, 15.0)
+                        next_fault = time.monotonic() + rng.uniform(6.0, 12.0)
                     else:
                         plan.append(kind)  # nothing to hit right now (no worker past a checkpoint): later
                         next_fault = time.monotonic() + 2.0
@@ -183,15 +184,18 @@ def test_jobs_survive_random_faults_of_the_real_parts(
             assert pod["status"].get("phase") not in ("Pending", "Running"), f"pod {name} still running {where}"
 
         # Checkpoints: resumes only from committed ones, never from a planted half-written one; one per kill.
-        resumes = 0
+        resumes, resumed_by_job = 0, {}
         for n in names:
             logs = rank0_logs(kube_nodes, kube.namespace, n)
             problems, count = resume_problems(n, logs, torn.planted[n])
             resumes += count
+            resumed_by_job[n] = {a: RESUMED.findall(text) for a, text in logs.items()}
             excerpts = {a: [ln for ln in text.splitlines() if "checkpoint" in ln][-6:] for a, text in logs.items()}
             assert not problems, f"{problems} {where}; checkpoint lines by attempt: {excerpts}"
             assert not torn.committed_objects_match(n), f"{torn.committed_objects_match(n)} {where}"
-        assert resumes >= injector.counts["kill_worker"], f"{resumes} resumes for {injector.counts} {where}"
+        assert resumes >= injector.counts["kill_worker"], (
+            f"{resumes} resumes for {injector.counts}; steps resumed from, by job and attempt: {resumed_by_job} {where}"
+        )
 
         # Model versions: complete when served, claimed when written, never rewritten, ready in Triton.
         repository = download(s3_server, "models", tmp_path / "repository")
