@@ -206,6 +206,7 @@ def test_a_volume_over_the_images_folder_leaves_the_image_runnable(kube: KubeApi
     script = f"""
         import os, sys
         assert sys.prefix == {str(venv)!r}, sys.prefix
+        import finetune_trainer  # installed editable: its sources are under the covered folder too
         open({covered!r} + "/written", "w").write("1")  # the volume, writable
         print(sorted(os.listdir({covered!r})))
     """
