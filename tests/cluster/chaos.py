@@ -163,11 +163,18 @@ class Injector:
         return True
 
     def delete_operator(self) -> bool:
-        pods = self.running(OPERATOR)
+        return self._delete_pods(OPERATOR, "operator")
+
+    def delete_triton(self) -> bool:
+        return self._delete_pods(TRITON, "Triton")
+
+    def _delete_pods(self, selector: str, what: str) -> bool:
+        """Delete the running pods ``selector`` names; their Deployment makes new ones."""
+        pods = self.running(selector)
         if not pods:
             return False
         self.kube.kubectl("delete", "pod", *(p["metadata"]["name"] for p in pods), "--wait=false")
-        self.note(f"operator pod {pods[0]['metadata']['name']} deleted")
+        self.note(f"{what} pod {pods[0]['metadata']['name']} deleted")
         return True
 
     def restart_s3(self) -> bool:
@@ -177,14 +184,6 @@ class Injector:
         time.sleep(down)
         self.s3.server.start()
         self.note(f"S3 {'killed' if crash else 'stopped'} for {down:.1f}s and started again")
-        return True
-
-    def delete_triton(self) -> bool:
-        pods = self.running(TRITON)
-        if not pods:
-            return False
-        self.kube.kubectl("delete", "pod", *(p["metadata"]["name"] for p in pods), "--wait=false")
-        self.note(f"Triton pod {pods[0]['metadata']['name']} deleted")
         return True
 
     def crash_control_plane(self) -> bool:

@@ -108,7 +108,7 @@ def operator(ftj_api: KubeApi, tmp_path: Path) -> Iterator[Operator]:
         op.stop()
 
 
-def job(name: str, storage: Path) -> dict:
+def job(name: str, storage: Path | str) -> dict:
     """A small two-node job whose pods fit no test node (these tests are about the API, not running pods)."""
     return {
         "apiVersion": "finetune.dev/v1alpha1",
@@ -153,6 +153,24 @@ def warnings(kube: KubeApi, name: str) -> list[str]:
 CHART = ROOT / "charts" / "finetune-operator"
 RELEASE = "ft"
 SECRET = "s3-credentials"
+ATTEMPT, INDEX = "finetune.dev/attempt", "batch.kubernetes.io/job-completion-index"  # worker pods' labels
+
+
+def triton_values(s3: S3Server) -> list[str]:
+    """`helm install` settings for the chart's Triton over s3://<bucket>/models, read with the Secret's keys."""
+    repo = "triton.modelRepository.s3"
+    return ["--set", "triton.enabled=true", "--set", f"{repo}.uri={s3.url('models')}",
+            "--set", f"{repo}.endpoint={s3.endpoint}", "--set", f"{repo}.region=us-east-1",
+            "--set", f"{repo}.credentialsSecret={SECRET}"]  # fmt: skip
+
+
+def resumed_at(kube: KubeApi, attempt: int) -> int:
+    """The step rank 0 of ``attempt`` says it resumed from (waiting until it has said so)."""
+    selector = f"{ATTEMPT}={attempt},{INDEX}=0"
+    log = eventually(lambda: (text := kube.kubectl("logs", "-l", selector, "--tail=-1", check=False).stdout)
+                     and "resumed from checkpoint at step" in text and text, timeout=180, interval=1,
+                     what=f"attempt {attempt} resumed from a checkpoint")  # fmt: skip
+    return int(log.split("resumed from checkpoint at step ")[1].split()[0])
 
 
 @pytest.fixture

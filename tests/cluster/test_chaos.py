@@ -43,7 +43,7 @@ from tests.cluster.chaos import (
     served_versions,
     version_digest,
 )
-from tests.cluster.conftest import SECRET, get_json, helm_release, s3_job, upload
+from tests.cluster.conftest import get_json, helm_release, s3_job, triton_values, upload
 from tests.cluster.test_serving import served, triton_url
 from tests.fixtures.cluster import ControlPlane
 from tests.fixtures.kube import KubeApi, eventually
@@ -100,10 +100,7 @@ def test_jobs_survive_random_faults_of_the_real_parts(
     plan = schedule(rng, int(os.environ.get("FINETUNE_CHAOS_FAULTS") or 9), KILLS)
     planned = Counter(plan)
     print(f"\nchaos seed {seed} (rerun with FINETUNE_CHAOS_SEED={seed}); planned faults: {plan}")
-    repo = "triton.modelRepository.s3"
-    values = ["--set", "triton.enabled=true", "--set", f"{repo}.uri={s3_server.url('models')}",
-              "--set", f"{repo}.endpoint={s3_server.endpoint}", "--set", f"{repo}.region=us-east-1",
-              "--set", f"{repo}.credentialsSecret={SECRET}",
+    values = [*triton_values(s3_server),
               "--set", "extraEnv[1].name=FINETUNE_PUBLISH_TIMEOUT_SECONDS", "--set-string", "extraEnv[1].value=120",
               "--set", "extraEnv[2].name=FINETUNE_BACKOFF_MAX_SECONDS",
               "--set-string", "extraEnv[2].value=4"]  # fmt: skip

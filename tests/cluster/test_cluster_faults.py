@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import get_json, status, step, uploaded_job, wait_status
+from tests.cluster.conftest import ATTEMPT, INDEX, get_json, resumed_at, status, step, uploaded_job, wait_status
 from tests.fixtures.cluster import ControlPlane
 from tests.fixtures.kube import KubeApi, eventually
 from tests.fixtures.kubelet import NodePool
@@ -18,7 +18,6 @@ from tests.fixtures.s3 import S3Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster_long]
 OPERATOR = "app.kubernetes.io/name=finetune-operator,app.kubernetes.io/component=operator"
-ATTEMPT, INDEX = "finetune.dev/attempt", "batch.kubernetes.io/job-completion-index"
 
 
 def test_a_job_survives_an_eviction_control_plane_crashes_and_losing_its_operator_pod(
@@ -41,16 +40,12 @@ def test_a_job_survives_an_eviction_control_plane_crashes_and_losing_its_operato
     faults.append(("worker pod deleted", step(before)))
     restarted = wait_status(kube, "faults", lambda s: s.get("attempt") == 2, 120, "attempt 2", kube_nodes)
     assert restarted["restarts"] == 1, restarted
-    selector = f"{ATTEMPT}=2,{INDEX}=0"
-    log = eventually(lambda: (text := kube.kubectl("logs", "-l", selector, "--tail=-1", check=False).stdout)
-                     and "resumed from checkpoint at step" in text and text, timeout=180, interval=1,
-                     what="attempt 2 resumed from a checkpoint")  # fmt: skip
-    resumed_at = int(log.split("resumed from checkpoint at step ")[1].split()[0])
+    resumed = resumed_at(kube, 2)
     # From a committed checkpoint, not from scratch: the first at step 20, or the one written on SIGTERM.
-    assert resumed_at >= 20, resumed_at
+    assert resumed >= 20, resumed
 
     # 2. etcd and the API server crash together, and come back with etcd's data.
-    running = wait_status(kube, "faults", lambda s: s.get("phase") == "Running" and step(s) > resumed_at + 5, 240,
+    running = wait_status(kube, "faults", lambda s: s.get("phase") == "Running" and step(s) > resumed + 5, 240,
                           "attempt 2 training", kube_nodes)  # fmt: skip
     kube_plane.kill("kube-apiserver")
     kube_plane.kill("etcd")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import get_json, status, step, uploaded_job, wait_status, warnings
+from tests.cluster.conftest import ATTEMPT, INDEX, get_json, status, step, uploaded_job, wait_status, warnings
 from tests.cluster.processes import signal_all, worker_processes
 from tests.cluster.test_finetunejob_api import columns
 from tests.fixtures.kube import KubeApi, eventually
@@ -25,7 +25,6 @@ from tests.fixtures.kubelet import NodePool
 from tests.fixtures.s3 import S3Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster_long]
-ATTEMPT, INDEX = "finetune.dev/attempt", "batch.kubernetes.io/job-completion-index"
 OPERATOR = "app.kubernetes.io/name=finetune-operator,app.kubernetes.io/component=operator"
 COMMITTED = re.compile(r"checkpoint \S+/checkpoint-(\d+) committed")
 EVERY = 20  # checkpoint.everySteps of the drained job

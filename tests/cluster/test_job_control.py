@@ -11,22 +11,12 @@ import pytest
 import yaml
 
 from finetune_operator import cli
-from tests.cluster.conftest import get_json, step, upload, uploaded_job, wait_status, warnings
+from tests.cluster.conftest import ATTEMPT, get_json, resumed_at, step, upload, uploaded_job, wait_status, warnings
 from tests.fixtures.kube import KubeApi, eventually
 from tests.fixtures.kubelet import NodePool
 from tests.fixtures.s3 import S3Server
 
 pytestmark = pytest.mark.slow
-ATTEMPT, INDEX = "finetune.dev/attempt", "batch.kubernetes.io/job-completion-index"
-
-
-def resumed_at(kube: KubeApi, attempt: int) -> int:
-    """The step rank 0 of ``attempt`` says it resumed from."""
-    selector = f"{ATTEMPT}={attempt},{INDEX}=0"
-    log = eventually(lambda: (text := kube.kubectl("logs", "-l", selector, "--tail=-1", check=False).stdout)
-                     and "resumed from checkpoint at step" in text and text, timeout=180, interval=1,
-                     what=f"attempt {attempt} resumed from a checkpoint")  # fmt: skip
-    return int(log.split("resumed from checkpoint at step ")[1].split()[0])
 
 
 def events(kube: KubeApi, name: str) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import get_json, step, uploaded_job, wait_status
+from tests.cluster.conftest import INDEX, get_json, step, uploaded_job, wait_status
 from tests.cluster.test_finetunejob_api import columns
 from tests.fixtures.kube import KubeApi
 from tests.fixtures.kubelet import NodePool
@@ -19,7 +19,6 @@ from tests.fixtures.kueue import PRIORITY_LABEL, QUEUE_LABEL, Kueue, delete_queu
 from tests.fixtures.s3 import S3Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster_long]
-ATTEMPT, INDEX = "finetune.dev/attempt", "batch.kubernetes.io/job-completion-index"
 
 
 def condition(s: dict[str, Any], kind: str) -> dict[str, Any]:

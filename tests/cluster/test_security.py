@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from finetune_operator.rbac import grants, required_rules
-from tests.cluster.conftest import RELEASE, SECRET, get_json, helm_release, wait_status
+from tests.cluster.conftest import RELEASE, SECRET, get_json, helm_release, triton_values, wait_status
 from tests.cluster.test_serving import served, serving_job, triton_url
 from tests.fixtures.cluster import ControlPlane
 from tests.fixtures.kube import KubeApi, eventually
@@ -128,11 +128,7 @@ def test_canary_credentials_appear_nowhere_and_the_operator_stays_within_its_rol
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": REGISTRY_SECRET},
         "type": "kubernetes.io/dockerconfigjson", "stringData": {".dockerconfigjson": json.dumps(docker_config)},
     }))  # fmt: skip
-    repo = "triton.modelRepository.s3"
-    values = ["--set", "triton.enabled=true", "--set", f"{repo}.uri={s3.url('models')}",
-              "--set", f"{repo}.endpoint={s3.endpoint}", "--set", f"{repo}.region=us-east-1",
-              "--set", f"{repo}.credentialsSecret={SECRET}"]  # fmt: skip
-    with helm_release(cluster_api, kube_nodes, s3, helm_bin, *values) as kube:
+    with helm_release(cluster_api, kube_nodes, s3, helm_bin, *triton_values(s3)) as kube:
         job = serving_job("canary", kube, s3, tiny_bert, sentiment_csv)
         job["spec"]["template"] = {"imagePullSecrets": [REGISTRY_SECRET]}
         kube.kubectl("apply", "-f", "-", stdin=json.dumps(job))

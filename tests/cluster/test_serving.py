@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import RELEASE, SECRET, get_json, helm_release, uploaded_job, wait_status
+from tests.cluster.conftest import RELEASE, get_json, helm_release, triton_values, uploaded_job, wait_status
 from tests.cluster.test_finetunejob_api import columns
 from tests.fixtures.kube import KubeApi
 from tests.fixtures.kubelet import NodePool
@@ -27,11 +27,7 @@ MODEL = "sentiment"
 @pytest.fixture
 def serving_release(cluster_api: KubeApi, kube_nodes: NodePool | None, s3_server: S3Server, helm_bin: str):
     """The chart with its Triton (triton.enabled) over s3://<bucket>/models, read with the Secret's keys."""
-    repo = "triton.modelRepository.s3"
-    values = ["--set", "triton.enabled=true", "--set", f"{repo}.uri={s3_server.url('models')}",
-              "--set", f"{repo}.endpoint={s3_server.endpoint}", "--set", f"{repo}.region=us-east-1",
-              "--set", f"{repo}.credentialsSecret={SECRET}"]  # fmt: skip
-    with helm_release(cluster_api, kube_nodes, s3_server, helm_bin, *values) as kube:
+    with helm_release(cluster_api, kube_nodes, s3_server, helm_bin, *triton_values(s3_server)) as kube:
         yield kube
 
 
