@@ -199,6 +199,12 @@ def helm_release(kube: KubeApi, nodes: NodePool | None, s3_server: S3Server, hel
         pods = kube.kubectl("get", "pods", "-o", "yaml", check=False).stdout[-6000:]
         raise AssertionError(f"helm install failed: {installed.stderr}\n{pods}\n{node_logs(nodes)}")
     try:
+        # `--wait` sees the operator's pod Ready (its liveness endpoint) a moment before kopf's webhook server listens:
+        # until a server-side dry run passes the webhook, a create would be refused with "connection refused".
+        probe = json.dumps(job("webhook-probe", "s3://probe/checkpoints"))
+        dry_run = ("create", "--dry-run=server", "-f", "-")
+        eventually(lambda: kube.kubectl(*dry_run, stdin=probe, check=False).returncode == 0, timeout=60,
+                   interval=0.5, what="the chart's webhook answering")  # fmt: skip
         yield kube
     finally:
         result = subprocess.run([*helm, "uninstall", RELEASE, "--wait", "--timeout", "120s"], capture_output=True,
