@@ -104,7 +104,8 @@ def container_logs(kube: KubeApi) -> dict[str, str]:
 def operator_requests(audit_log: Path, account: str) -> list[dict[str, Any]]:
     """The audit events of the ServiceAccount's resource requests (discovery and other paths have no objectRef)."""
     events = [json.loads(line) for line in audit_log.read_text().splitlines() if line.strip()]
-    return [e for e in events if e["user"]["username"] == account and e.get("objectRef", {}).get("resource")]
+    # A request that failed authentication is logged with an empty user.
+    return [e for e in events if e["user"].get("username") == account and e.get("objectRef", {}).get("resource")]
 
 
 def rbac_triple(event: dict[str, Any]) -> tuple[str, str, str]:
